@@ -1,0 +1,228 @@
+"""Blended stamps as in Arcelin et al. (2021), with the truth of every galaxy.
+
+A blend holds 1 to ``max_galaxies`` galaxies.  The brightest (in r) sits at the stamp centre, shifted by
+up to ``max_shift`` arcsec in x and y; the others are placed uniformly in radius and angle in an annulus
+around it.  The noisy image adds Gaussian background noise at the survey's full depth.
+
+Every blend is a pure function of (config, seed, split, index): it draws from its own random stream, so
+blends reproduce one by one, whatever the order or the number of processes that make them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BlendConfig", "Blend", "BlendMaker", "GalaxySource", "GeneratedGalaxies", "CatalogGalaxies",
+           "TRUTH_SCALAR_FIELDS", "TRUTH_BAND_FIELDS"]
+
+import dataclasses
+from typing import Protocol
+
+import numpy as np
+
+from ..measure.photometry import blendedness, snr
+from ..measure.shape import hsm_shapes
+from ..surveys import Survey, get_survey
+from .catalog import SPLITS, GalaxyCatalog, _draw, split_ident_offset
+from .render import StampRenderer
+
+# Default stamp side, pixels: see docs/benchmarks.md ("Choosing the stamp size").
+DEFAULT_STAMP_SIZE = 59
+
+
+@dataclasses.dataclass(frozen=True)
+class BlendConfig:
+    """How blends are made.
+
+    Attributes
+    ----------
+    survey : `str`
+        ``lsst``, ``euclid`` or ``lsst+euclid`` (see `get_survey`).
+    psf_model : `str`
+        ``paper`` or ``surveycodex``.
+    stamp_size : `int`
+        Odd stamp side, pixels.
+    min_galaxies, max_galaxies : `int`
+        The number of galaxies is uniform in [min, max].
+    max_shift : `float`
+        The central galaxy is shifted uniformly by up to this many arcsec in x and in y.
+    annulus : `tuple` [`float`, `float`]
+        Inner and outer radius (arcsec) of the neighbours' distances from the central galaxy.
+    mag_min, mag_max : `float`
+        r-band magnitude range of every galaxy.
+    central_mag_max : `float`
+        The central (brightest) galaxy is at least this bright in r.
+    reference_band : `str`
+        Band of the truth shapes.
+    """
+
+    survey: str = "lsst"
+    psf_model: str = "paper"
+    stamp_size: int = DEFAULT_STAMP_SIZE
+    min_galaxies: int = 1
+    max_galaxies: int = 4
+    max_shift: float = 0.1
+    annulus: tuple[float, float] = (0.325, 1.5)
+    mag_min: float = 18.0
+    mag_max: float = 27.5
+    central_mag_max: float = 25.3
+    reference_band: str = "r"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_galaxies <= self.max_galaxies:
+            raise ValueError(f"Need 1 <= min_galaxies <= max_galaxies, got {self.min_galaxies}, "
+                             f"{self.max_galaxies}.")
+        if not 0 <= self.annulus[0] <= self.annulus[1]:
+            raise ValueError(f"annulus must be (inner, outer) with 0 <= inner <= outer, got {self.annulus}.")
+        if self.central_mag_max < self.mag_min:
+            raise ValueError("central_mag_max must be fainter than mag_min.")
+
+    def get_survey(self) -> Survey:
+        return get_survey(self.survey, self.psf_model)
+
+
+class GalaxySource(Protocol):
+    """Where the galaxies of a blend come from."""
+
+    def draw(self, rng: np.random.Generator, n: int, mag_min: float, mag_max: float) -> GalaxyCatalog:
+        """``n`` galaxies with r-band magnitude in [mag_min, mag_max]."""
+
+
+class GeneratedGalaxies:
+    """New galaxies from the built-in generator (`catalog.generate_catalog`'s distributions)."""
+
+    def draw(self, rng: np.random.Generator, n: int, mag_min: float, mag_max: float) -> GalaxyCatalog:
+        parts, n_have = [], 0
+        # The counts rise steeply: draw a few times more than needed and keep those in the range.
+        while n_have < n:
+            part = _draw(rng, 4 * n + 16, mag_min - 1.0, mag_max + 1.5)
+            r = part.band_mag("r")
+            part = part[(r >= mag_min) & (r <= mag_max)]
+            parts.append(part)
+            n_have += len(part)
+        return GalaxyCatalog.concatenate(parts)[:n]
+
+
+class CatalogGalaxies:
+    """Galaxies sampled (with replacement) from an external catalogue.
+
+    Parameters
+    ----------
+    catalog : `GalaxyCatalog`
+        Galaxies to sample from, already restricted to one split (`catalog_io.select_split`).
+    """
+
+    def __init__(self, catalog: GalaxyCatalog) -> None:
+        self.catalog = catalog
+        self._r = catalog.band_mag("r")
+
+    def draw(self, rng: np.random.Generator, n: int, mag_min: float, mag_max: float) -> GalaxyCatalog:
+        candidates = np.flatnonzero((self._r >= mag_min) & (self._r <= mag_max))
+        if len(candidates) == 0:
+            raise ValueError(f"No catalogue galaxy has {mag_min} <= r <= {mag_max}.")
+        return self.catalog[rng.choice(candidates, size=n)]
+
+
+# Per-galaxy truth: scalar fields, and per-band fields of shape (n, bands).
+TRUTH_SCALAR_FIELDS = ("ident", "blend_index", "is_central", "x", "y", "dx", "dy", "redshift", "hlr",
+                       "g1", "g2", "hsm_sigma", "hsm_failed", "snr", "blendedness")
+TRUTH_BAND_FIELDS = ("flux", "flux_stamp", "mag", "snr_band", "blendedness_band")
+
+
+@dataclasses.dataclass
+class Blend:
+    """One blended stamp and its truth.
+
+    Attributes
+    ----------
+    image : `numpy.ndarray`, shape (bands, h, w), float32
+        Noisy image, electrons (background-subtracted).
+    variance : `numpy.ndarray`, shape (bands,), float32
+        Noise variance per pixel in each band.
+    truth_images : `numpy.ndarray`, shape (n, bands, h, w), float32
+        Noiseless image of every galaxy alone; the central galaxy first.
+    truth : `dict` [`str`, `numpy.ndarray`]
+        Per-galaxy truth (`TRUTH_SCALAR_FIELDS`, `TRUTH_BAND_FIELDS`); positions ``x``, ``y`` are 0-based
+        pixel coordinates in the reference band, ``dx``, ``dy`` offsets from the stamp centre in arcsec.
+    """
+
+    image: np.ndarray
+    variance: np.ndarray
+    truth_images: np.ndarray
+    truth: dict[str, np.ndarray]
+
+    @property
+    def noiseless(self) -> np.ndarray:
+        """Noiseless blend: the sum of the truth images."""
+        return self.truth_images.sum(axis=0)
+
+
+class BlendMaker:
+    """Make blends for one configuration.
+
+    Parameters
+    ----------
+    config : `BlendConfig`
+    source : `GalaxySource`, optional
+        Where galaxies come from; the built-in generator by default.
+    """
+
+    def __init__(self, config: BlendConfig, source: GalaxySource | None = None) -> None:
+        self.config = config
+        self.source = source or GeneratedGalaxies()
+        self.survey = config.get_survey()
+        self.renderer = StampRenderer(self.survey, config.stamp_size)
+        self._ref = self.survey.band_names.index(config.reference_band)
+        self._ref_scale = self.survey.bands[self._ref].pixel_scale
+        self.variance = (self.survey.noise_sigma**2).astype(np.float32)
+
+    def make(self, seed: int, index: int, split: str = "train") -> Blend:
+        """Make blend number ``index`` of the stream (seed, split)."""
+        cfg = self.config
+        rng = np.random.default_rng([seed, SPLITS[split], index])
+        n = int(rng.integers(cfg.min_galaxies, cfg.max_galaxies + 1))
+        central = self.source.draw(rng, 1, cfg.mag_min, cfg.central_mag_max)
+        galaxies = central
+        if n > 1:
+            neighbours = self.source.draw(rng, n - 1, cfg.mag_min, cfg.mag_max)
+            galaxies = GalaxyCatalog.concatenate([central, neighbours])
+            # The brightest galaxy is the central one.
+            galaxies = galaxies[np.argsort(galaxies.band_mag("r"), kind="stable")]
+        if isinstance(self.source, GeneratedGalaxies):
+            galaxies.ident = split_ident_offset(split) + (seed % 1000) * 10**9 + index * 8 + np.arange(n)
+
+        shift = rng.uniform(-cfg.max_shift, cfg.max_shift, 2)
+        radius = rng.uniform(cfg.annulus[0], cfg.annulus[1], n - 1)
+        angle = rng.uniform(0, 2 * np.pi, n - 1)
+        dx = np.concatenate([[shift[0]], shift[0] + radius * np.cos(angle)])
+        dy = np.concatenate([[shift[1]], shift[1] + radius * np.sin(angle)])
+
+        truth_images = self.renderer.render(galaxies, dx, dy)
+        noise = rng.standard_normal(truth_images.shape[1:], dtype=np.float32)
+        image = truth_images.sum(axis=0) + noise * np.sqrt(self.variance)[:, None, None]
+        return Blend(image=image, variance=self.variance.copy(), truth_images=truth_images,
+                     truth=self._truth(galaxies, dx, dy, truth_images, index))
+
+    def _truth(self, galaxies: GalaxyCatalog, dx: np.ndarray, dy: np.ndarray, truth_images: np.ndarray,
+               index: int) -> dict[str, np.ndarray]:
+        n = len(galaxies)
+        centre = self.config.stamp_size // 2
+        x = centre + dx / self._ref_scale
+        y = centre + dy / self._ref_scale
+        shapes = hsm_shapes(truth_images[:, self._ref], np.stack([x, y], axis=1))
+        flux = self.renderer.band_fluxes(galaxies)
+        snr_band = snr(truth_images, self.variance[:, None, None])
+        blend_band = blendedness(truth_images)
+        zeropoints = np.array([b.magnitude_zeropoint for b in self.survey.bands])
+        return {
+            "ident": galaxies.ident.astype(np.int64),
+            "blend_index": np.full(n, index, dtype=np.int64),
+            "is_central": np.arange(n) == 0,
+            "x": x, "y": y, "dx": dx, "dy": dy,
+            "redshift": galaxies.redshift, "hlr": galaxies.hlr,
+            "g1": shapes["g1"], "g2": shapes["g2"], "hsm_sigma": shapes["sigma"],
+            "hsm_failed": shapes["failed"].astype(bool),
+            "snr": np.sqrt(np.sum(snr_band**2, axis=1)),
+            "blendedness": blend_band[:, self._ref],
+            "flux": flux, "flux_stamp": truth_images.sum(axis=(2, 3), dtype=np.float64),
+            "mag": zeropoints - 2.5 * np.log10(flux),
+            "snr_band": snr_band, "blendedness_band": blend_band,
+        }
