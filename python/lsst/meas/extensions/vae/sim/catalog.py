@@ -22,9 +22,11 @@ its own range (`split_ident_offset`).
 
 from __future__ import annotations
 
-__all__ = ["GalaxyCatalog", "generate_catalog", "SPLITS", "split_ident_offset"]
+__all__ = ["GalaxyCatalog", "generate_catalog", "SPLITS", "split_ident_offset", "cumulative_counts",
+           "galaxy_fraction_in_range"]
 
 import dataclasses
+import functools
 
 import numpy as np
 from astropy.table import Table
@@ -139,6 +141,18 @@ COUNTS_PIVOT_MAG = 25.0
 def cumulative_counts(i_mag: float) -> float:
     """Galaxies per arcmin^2 brighter than ``i_mag`` (LSST Science Book eq. 3.7)."""
     return COUNTS_NORM_PER_ARCMIN2 * 10 ** (COUNTS_SLOPE * (i_mag - COUNTS_PIVOT_MAG))
+
+
+@functools.cache
+def galaxy_fraction_in_range(mag_min: float, mag_max: float) -> float:
+    """Fraction of generated galaxies with i in [mag_min - 1, mag_max + 1.5] whose r is in the range.
+
+    Multiplied by the counts over that i range, it gives the density of galaxies with r in range
+    (a fixed-seed Monte Carlo estimate, precise to about 0.3 %).
+    """
+    sample = _draw(np.random.default_rng(12345), 100_000, mag_min - 1.0, mag_max + 1.5)
+    r = sample.band_mag("r")
+    return float(np.mean((r >= mag_min) & (r <= mag_max)))
 
 
 def _sample_counts_magnitudes(rng: np.random.Generator, n: int, mag_min: float, mag_max: float

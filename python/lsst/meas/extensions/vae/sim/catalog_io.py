@@ -24,7 +24,10 @@ u_ab ... y_ab``.
     VIS (550-900 nm) covers;
   * Y, J, H: the template of `sed.SED_TEMPLATES` (E, Sbc, Scd, Im) whose colours at the galaxy's
     redshift (`sed.band_offsets`) best match the observed ugrizy colours (least squares on
-    ``m_band - m_i`` over u, g, r, z, y) gives ``m_Y - m_i``, ``m_J - m_i`` and ``m_H - m_i``.
+    ``m_band - m_i`` over u, g, r, z, y) gives ``m_Y - m_i``, ``m_J - m_i`` and ``m_H - m_i``.  Bands
+    bluer than 150 nm in the rest frame are left out of the fit (z and y always count): there the
+    templates' extrapolated far-UV and CatSim's intergalactic absorption disagree, and the u band
+    alone would pick an E template for blue star-forming galaxies at z > 3 (i - H > 4).
 
 GalSim's COSMOS parametric fits (`read_cosmos`)
 ------------------------------------------------
@@ -72,7 +75,8 @@ sets are disjoint and stable when the catalogue grows or is reordered.
 
 from __future__ import annotations
 
-__all__ = ["read_catsim", "read_cosmos", "read_catalog", "select_split", "split_bucket",
+__all__ = ["read_catsim", "read_cosmos", "read_catalog", "select_split", "split_bucket", "best_fit_template",
+           "cosmos_sizes_and_fluxes",
            "COSMOS_PIXEL_SCALE", "COSMOS_ZEROPOINT"]
 
 import functools
@@ -99,6 +103,11 @@ _MIN_Q = 1e-2
 _LSST_BANDS = ("u", "g", "r", "i", "z", "y")
 _CATSIM_COLUMNS = ("galtileid", "redshift", "fluxnorm_bulge", "fluxnorm_disk", "a_b", "b_b", "a_d", "b_d",
                    "pa_bulge", "pa_disk") + tuple(f"{band}_ab" for band in _LSST_BANDS)
+# Central wavelengths (nm) of the LSST bands, and the bluest rest-frame wavelength used to pick a template:
+# blueward of ~150 nm the templates' far-UV extensions and the intergalactic absorption of CatSim's SEDs
+# disagree, and at z > 3 the u and g bands would otherwise decide the fit.
+_LSST_CENTRAL_NM = (367.0, 482.5, 622.2, 754.5, 869.1, 971.0)
+_MIN_REST_FRAME_NM = 150.0
 _COSMOS_COLUMNS = ("IDENT", "mag_auto", "zphot", "sersicfit", "bulgefit", "fit_status", "use_bulgefit",
                    "viable_sersic")
 
@@ -198,13 +207,20 @@ def best_fit_template(lsst_mag: np.ndarray, redshift: np.ndarray) -> np.ndarray:
     Returns
     -------
     template : `numpy.ndarray` of `int`, shape (n,)
-        Minimises the sum over u, g, r, z, y of ``((m_b - m_i) - (template m_b - m_i))**2``.
+        Minimises the sum over u, g, r, z, y of ``((m_b - m_i) - (template m_b - m_i))**2``, leaving out
+        the bands whose central wavelength is bluer than 150 nm in the galaxy's rest frame (except z and
+        y, which always count).
     """
     lsst_mag = np.asarray(lsst_mag, dtype=float)
+    redshift = np.asarray(redshift, dtype=float)
     observed = lsst_mag - lsst_mag[:, [3]]
     columns = [_BAND_INDEX[band] for band in _LSST_BANDS]
+    rest_wavelength = np.array(_LSST_CENTRAL_NM)[None, :] / (1.0 + redshift[:, None])
+    weight = (rest_wavelength >= _MIN_REST_FRAME_NM).astype(float)
+    weight[:, 4:] = 1.0  # z and y always count
     chi2 = np.stack([
-        np.sum((observed - band_offsets(np.full(len(redshift), t), redshift)[:, columns]) ** 2, axis=1)
+        np.sum(weight * (observed - band_offsets(np.full(len(redshift), t), redshift)[:, columns]) ** 2,
+               axis=1)
         for t in range(len(SED_TEMPLATES))
     ], axis=1)
     return np.argmin(chi2, axis=1)
