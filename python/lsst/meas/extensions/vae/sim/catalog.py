@@ -169,17 +169,19 @@ def _sample_redshift(rng: np.random.Generator, i_mag: np.ndarray) -> np.ndarray:
     return np.clip(rng.gamma(3.0, z0), 0.01, 6.0)
 
 
-def _sample_disk_hlr(rng: np.random.Generator, i_mag: np.ndarray) -> np.ndarray:
-    """Miller et al. (2013, MNRAS 429, 2858), eqs. 19-20: the CFHTLenS disk scale length prior.
+def _sample_disk_hlr(rng: np.random.Generator, i_mag: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Circularised disk half-light radius from the CFHTLenS size prior of Miller et al. (2013).
 
-    p(r) ~ r exp(-(r / a)^(4/3)), median ln r_d = -1.145 - 0.269 (i - 23) (arcsec), a = r_med / 0.833.
-    With u = (r / a)^(4/3), u follows a Gamma(3/2) law.  The half-light radius of an exponential disk is
-    1.678 scale lengths.
+    Miller et al. (2013, MNRAS 429, 2858), eqs. 19-20: p(r) ~ r exp(-(r / a)^(4/3)) with median major-axis
+    scale length ln r_d = -1.145 - 0.269 (i - 23) (arcsec).  With u = (r / a)^(4/3), u follows a
+    Gamma(3/2) law whose median, 1.1830, puts the median of r at 1.1340 a: we set ``a`` so that the
+    median is the published one.  The exponential half-light radius is 1.678 scale lengths; the
+    circularised radius of an ellipse of axis ratio q is sqrt(q) times its major-axis radius.
     """
     r_median = np.exp(-1.145 - 0.269 * (i_mag - 23.0))
-    a = r_median / 0.833
+    a = r_median / 1.1340
     scale_length = a * rng.gamma(1.5, 1.0, size=len(i_mag)) ** 0.75
-    return np.clip(1.678 * scale_length, 0.05, 5.0)
+    return np.clip(1.678 * scale_length * np.sqrt(q), 0.05, 5.0)
 
 
 def _inverse_cdf_sampler(pdf: np.ndarray, grid: np.ndarray):
@@ -243,18 +245,17 @@ def generate_catalog(n: int, seed: int, split: str = "train", mag_max: float = 2
 def _draw(rng: np.random.Generator, n: int, i_min: float, i_max: float) -> GalaxyCatalog:
     i_mag = _sample_counts_magnitudes(rng, n, i_min, i_max)
     redshift = _sample_redshift(rng, i_mag)
-    disk_hlr = _sample_disk_hlr(rng, i_mag)
 
     kind = rng.random(n)
     bulge_dominated = kind < BULGE_DOMINATED_FRACTION
     pure_disk = kind > 1 - PURE_DISK_FRACTION
     bt_i = np.where(bulge_dominated, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 0.5, n))
     bt_i[pure_disk] = 0.0
-    bulge_hlr = np.clip(disk_hlr * np.exp(rng.normal(np.log(0.45), 0.5, n)), 0.03, 5.0)
-
     beta = rng.uniform(0, np.pi, n)
     disk_q = _axis_ratio(_DISK_E(rng, n))
     bulge_q = _axis_ratio(_BULGE_E(rng, n))
+    disk_hlr = _sample_disk_hlr(rng, i_mag, disk_q)
+    bulge_hlr = np.clip(disk_hlr * np.exp(rng.normal(np.log(0.45), 0.5, n)), 0.03, 5.0)
 
     disk_template = np.where(bulge_dominated, 1, rng.integers(1, len(SED_TEMPLATES), n))
     bulge_template = np.zeros(n, dtype=int)

@@ -76,8 +76,7 @@ sets are disjoint and stable when the catalogue grows or is reordered.
 from __future__ import annotations
 
 __all__ = ["read_catsim", "read_cosmos", "read_catalog", "select_split", "split_bucket", "best_fit_template",
-           "cosmos_sizes_and_fluxes",
-           "COSMOS_PIXEL_SCALE", "COSMOS_ZEROPOINT"]
+           "cosmos_sizes_and_fluxes", "COSMOS_PIXEL_SCALE", "COSMOS_ZEROPOINT"]
 
 import functools
 import logging

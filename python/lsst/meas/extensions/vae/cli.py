@@ -1,0 +1,188 @@
+"""The ``vae-deblend`` command line.
+
+``vae-deblend simulate blends|patch ...`` makes datasets; ``vae-deblend demo`` runs the main job on the
+embedded defaults.  Heavy modules are imported inside the commands so that ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _add_common_simulation_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, required=True, help="number of blends (or patches)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--survey", default="lsst", choices=("lsst", "euclid", "lsst+euclid"),
+                        help="bands: LSST ugrizy, Euclid VIS/Y/J/H, or both (default lsst)")
+    parser.add_argument("--psf-model", default="paper", choices=("paper", "surveycodex"),
+                        help="PSFs of Arcelin et al. 2021 or surveycodex's per-band seeing")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--catalog", default=None,
+                        help="CatSim- or COSMOS-format FITS catalogue to draw galaxies from")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="processes (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vae-deblend", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    simulate = commands.add_parser("simulate", help="simulate blends or coadd patches with GalSim")
+    kinds = simulate.add_subparsers(dest="kind", required=True)
+    blends = kinds.add_parser("blends", help="blended stamps with truth, in HDF5 shards")
+    _add_common_simulation_arguments(blends)
+    blends.add_argument("--split", default="train", choices=("train", "validation", "test"),
+                        help="galaxy split: train, validation and test galaxies never overlap")
+    blends.add_argument("--stamp-size", type=int, default=None, help="stamp side in pixels (odd)")
+    blends.add_argument("--max-galaxies", type=int, default=None, help="galaxies per blend, at most")
+    blends.add_argument("--shard-size", type=int, default=1000, help="blends per shard, at most")
+    blends.add_argument("--no-gallery", action="store_true", help="skip the gallery PNG")
+
+    patch = kinds.add_parser("patch", help="whole coadd patches with truth catalogues")
+    _add_common_simulation_arguments(patch)
+    patch.add_argument("--size", type=int, default=1000, help="patch side in LSST pixels (default 1000)")
+
+    demo = commands.add_parser("demo", help="the main job on the embedded defaults")
+    demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
+    demo.add_argument("--n", type=int, default=2000, help="blends to simulate (default 2000)")
+    demo.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def simulate_blends(args: argparse.Namespace) -> dict:
+    """``vae-deblend simulate blends``: shards, ``summary.json`` and ``gallery.png`` in ``--out``."""
+    import dataclasses
+
+    from .sim.blend import BlendConfig
+    from .sim.dataset import write_blends
+
+    start = time.perf_counter()
+    overrides = {"survey": args.survey, "psf_model": args.psf_model}
+    if args.stamp_size:
+        overrides["stamp_size"] = args.stamp_size
+    if args.max_galaxies:
+        overrides["max_galaxies"] = args.max_galaxies
+    config = BlendConfig(**overrides)
+    paths = write_blends(args.out, args.n, args.seed, config=config, split=args.split, jobs=args.jobs,
+                         shard_size=args.shard_size, catalog_path=args.catalog,
+                         progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    summary = {"n": args.n, "seed": args.seed, "split": args.split, "jobs": args.jobs,
+               "catalog": args.catalog, "shards": [p.name for p in paths], "seconds": round(seconds, 2),
+               "blends_per_second": round(args.n / seconds, 1), "config": dataclasses.asdict(config)}
+    if not args.no_gallery:
+        summary["gallery"] = str(_gallery(args.out, args.out / "gallery.png"))
+    _write_json(args.out / "summary.json", summary)
+    print(f"{args.n} blends in {seconds:.1f} s ({args.n / seconds:.0f}/s) -> {args.out}")
+    return summary
+
+
+def _gallery(shard_dir: Path, path: Path, n_show: int = 8) -> Path:
+    from .sim.dataset import BlendDataset
+    from .sim.plots import plot_blend_gallery
+
+    data = BlendDataset(shard_dir)
+    n_show = min(n_show, data.sizes[0])
+    batch = data.read(0, n_show)
+    truth = batch["truth"]
+    per_blend = []
+    for offset, k in zip(batch["galaxy_offset"], batch["n_galaxies"]):
+        per_blend.append({key: truth[key][offset:offset + k] for key in ("x", "y", "mag", "blendedness")})
+    noise = (batch["variance"][0] ** 0.5)
+    return plot_blend_gallery(batch["image"], batch["central"], per_blend, data.bands, noise, path, n_show)
+
+
+def simulate_patches(args: argparse.Namespace) -> dict:
+    """``vae-deblend simulate patch``: ``patch-SEED.h5`` files with PNGs and a ``summary.json``."""
+    from .sim.blend import CatalogGalaxies
+    from .sim.patch import PatchConfig, make_patch, write_patch
+    from .sim.plots import plot_patch
+
+    source = None
+    if args.catalog:
+        from .sim.catalog_io import read_catalog
+
+        source = CatalogGalaxies(read_catalog(args.catalog))
+    config = PatchConfig(survey=args.survey, psf_model=args.psf_model, size=args.size)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = {"patches": []}
+    for seed in range(args.seed, args.seed + args.n):
+        start = time.perf_counter()
+        patch = make_patch(config, seed, source=source, progress=not args.no_progress)
+        path = write_patch(patch, args.out / f"patch-{seed}.h5")
+        seconds = time.perf_counter() - start
+        if args.size <= 2000:
+            ref = patch.band(config.reference_band)
+            cube = [b.image for b in patch.bands if b.image.shape == ref.image.shape]
+            names = [b.name for b in patch.bands if b.image.shape == ref.image.shape]
+            noise = [float(b.variance.mean()) ** 0.5 for b in patch.bands if b.image.shape == ref.image.shape]
+            plot_patch(cube, names, noise, patch.truth["x"], patch.truth["y"], args.out / f"patch-{seed}.png",
+                       title=f"patch seed {seed}: {len(patch.truth)} galaxies")
+        summary["patches"].append({"path": path.name, "seed": seed, "n_galaxies": len(patch.truth),
+                                   "seconds": round(seconds, 2)})
+        print(f"patch {seed}: {len(patch.truth)} galaxies in {seconds:.1f} s -> {path}")
+    _write_json(args.out / "summary.json", summary)
+    return summary
+
+
+def demo(args: argparse.Namespace) -> dict:
+    """Simulate blends and a patch, write a gallery, a patch picture and ``summary.json``."""
+    import numpy as np
+
+    out = args.out
+    blends = simulate_blends(argparse.Namespace(
+        n=args.n, seed=args.seed, survey="lsst", psf_model="paper", out=out / "blends", catalog=None,
+        jobs=os.cpu_count(), no_progress=False, split="test", stamp_size=None, max_galaxies=None,
+        shard_size=1000, no_gallery=False))
+    patches = simulate_patches(argparse.Namespace(
+        n=1, seed=args.seed, survey="lsst", psf_model="paper", out=out / "patch", catalog=None, jobs=1,
+        no_progress=False, size=1000))
+
+    from .sim.dataset import BlendDataset
+
+    data = BlendDataset(out / "blends")
+    truth = {key: [] for key in ("snr", "blendedness", "is_central", "mag")}
+    for k, size in enumerate(data.sizes):
+        part = data.read(int(data._starts[k]), int(data._starts[k] + size))["truth"]
+        for key in truth:
+            truth[key].append(part[key])
+    truth = {key: np.concatenate(v) for key, v in truth.items()}
+    central = truth["is_central"]
+    r = data.bands.index("r")
+    summary = {
+        "n_blends": blends["n"], "blends_per_second": blends["blends_per_second"],
+        "n_galaxies": int(len(central)),
+        "central_r_mag_median": round(float(np.median(truth["mag"][central, r])), 3),
+        "central_snr_median": round(float(np.median(truth["snr"][central])), 2),
+        "central_blendedness_median": round(float(np.nanmedian(truth["blendedness"][central])), 4),
+        "fraction_central_blendedness_gt_0.1": round(float(np.mean(truth["blendedness"][central] > 0.1)), 4),
+        "patch_galaxies": patches["patches"][0]["n_galaxies"],
+        "gallery": "blends/gallery.png", "patch_image": f"patch/patch-{args.seed}.png",
+    }
+    _write_json(out / "summary.json", summary)
+    print(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "simulate" and args.kind == "blends":
+        simulate_blends(args)
+    elif args.command == "simulate" and args.kind == "patch":
+        simulate_patches(args)
+    elif args.command == "demo":
+        demo(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
