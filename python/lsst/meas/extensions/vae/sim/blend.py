@@ -144,12 +144,15 @@ class Blend:
     truth : `dict` [`str`, `numpy.ndarray`]
         Per-galaxy truth (`TRUTH_SCALAR_FIELDS`, `TRUTH_BAND_FIELDS`); positions ``x``, ``y`` are 0-based
         pixel coordinates in the reference band, ``dx``, ``dy`` offsets from the stamp centre in arcsec.
+    galaxies : `GalaxyCatalog`
+        Parameters of the galaxies, in the order of ``truth_images``.
     """
 
     image: np.ndarray
     variance: np.ndarray
     truth_images: np.ndarray
     truth: dict[str, np.ndarray]
+    galaxies: GalaxyCatalog
 
     @property
     def noiseless(self) -> np.ndarray:
@@ -204,7 +207,7 @@ class BlendMaker:
         noise = rng.standard_normal(truth_images.shape[1:], dtype=np.float32)
         image = truth_images.sum(axis=0) + noise * np.sqrt(self.variance)[:, None, None]
         return Blend(image=image, variance=self.variance.copy(), truth_images=truth_images,
-                     truth=self._truth(galaxies, dx, dy, truth_images, index))
+                     truth=self._truth(galaxies, dx, dy, truth_images, index), galaxies=galaxies)
 
     def _truth(self, galaxies: GalaxyCatalog, dx: np.ndarray, dy: np.ndarray, truth_images: np.ndarray,
                index: int) -> dict[str, np.ndarray]:

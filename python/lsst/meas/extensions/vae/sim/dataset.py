@@ -34,6 +34,8 @@ from tqdm import tqdm
 from .blend import TRUTH_BAND_FIELDS, TRUTH_SCALAR_FIELDS, BlendConfig, BlendMaker, CatalogGalaxies
 
 DEFAULT_SHARD_SIZE = 1000
+_SHARD_MULTIPLE = 4
+_MIN_BALANCED_SHARD = 100
 
 # Per-process state of the pool workers (set by _init_worker).
 _worker: dict = {}
@@ -117,7 +119,8 @@ def write_blends(out_dir: str | Path, n: int, seed: int, config: BlendConfig | N
     jobs : `int`, optional
         Number of processes (default: every core).
     shard_size : `int`
-        Maximum blends per shard; shards are balanced over the processes.
+        Maximum blends per shard; the number of shards is rounded up to a multiple of 4 (if that leaves
+        at least 100 blends per shard) so that they balance over the processes.
     catalog_path : `str`, optional
         External catalogue (CatSim or COSMOS format) to sample galaxies from instead of the generator.
     progress : `bool`
@@ -132,8 +135,12 @@ def write_blends(out_dir: str | Path, n: int, seed: int, config: BlendConfig | N
     jobs = max(1, jobs or os.cpu_count() or 1)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A multiple of 4 shards balances 1, 2 or 4 processes (unless shards would get tiny); the layout
+    # never depends on ``jobs``, so neither does the dataset.
     n_shards = max(1, math.ceil(n / shard_size))
-    n_shards = min(n, math.ceil(n_shards / jobs) * jobs) if n >= jobs else n_shards
+    balanced = math.ceil(n_shards / _SHARD_MULTIPLE) * _SHARD_MULTIPLE
+    if n / balanced >= _MIN_BALANCED_SHARD:
+        n_shards = balanced
     bounds = np.linspace(0, n, n_shards + 1).round().astype(int)
     tasks = [(str(out_dir / f"shard-{k:05d}.h5"), seed, int(bounds[k]), int(bounds[k + 1] - bounds[k]), split)
              for k in range(n_shards)]
