@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_simulation_arguments(blends)
     blends.add_argument("--split", default="train", choices=("train", "validation", "test"),
                         help="galaxy split: train, validation and test galaxies never overlap")
+    blends.add_argument("--preset", default="paper", choices=("paper", "training", "anchor"),
+                        help="blend configuration preset (sim.blend.BLEND_PRESETS; default paper)")
     blends.add_argument("--stamp-size", type=int, default=None, help="stamp side in pixels (odd)")
     blends.add_argument("--max-galaxies", type=int, default=None, help="galaxies per blend, at most")
     blends.add_argument("--shard-size", type=int, default=1000, help="blends per shard, at most")
@@ -71,7 +73,7 @@ def simulate_blends(args: argparse.Namespace) -> dict:
         overrides["stamp_size"] = args.stamp_size
     if args.max_galaxies:
         overrides["max_galaxies"] = args.max_galaxies
-    config = BlendConfig(**overrides)
+    config = BlendConfig.preset(getattr(args, "preset", "paper"), **overrides)
     paths = write_blends(args.out, args.n, args.seed, config=config, split=args.split, jobs=args.jobs,
                          shard_size=args.shard_size, catalog_path=args.catalog,
                          progress=not args.no_progress)

@@ -179,7 +179,7 @@ def _euclid_bands(psf_model: str) -> list[Band]:
 
 
 @functools.cache
-def get_survey(name: str = "lsst", psf_model: str = "paper") -> Survey:
+def get_survey(name: str = "lsst", psf_model: str = "paper", psf_fwhm: float | None = None) -> Survey:
     """Return a survey by name.
 
     Parameters
@@ -188,6 +188,8 @@ def get_survey(name: str = "lsst", psf_model: str = "paper") -> Survey:
         ``lsst`` (ugrizy), ``euclid`` (VIS, Y, J, H) or ``lsst+euclid`` (all ten bands).
     psf_model : `str`
         ``paper`` (Arcelin et al. 2021 PSFs) or ``surveycodex`` (per-band seeing from surveycodex).
+    psf_fwhm : `float`, optional
+        Override the PSF FWHM of every band (arcsec).
 
     Returns
     -------
@@ -204,4 +206,6 @@ def get_survey(name: str = "lsst", psf_model: str = "paper") -> Survey:
         bands = _lsst_bands(psf_model) + _euclid_bands(psf_model)
     else:
         raise ValueError(f"Unknown survey {name!r}; choose one of {SURVEY_NAMES}.")
+    if psf_fwhm is not None:
+        bands = [dataclasses.replace(b, psf_fwhm=float(psf_fwhm)) for b in bands]
     return Survey(name=name, bands=tuple(bands))

@@ -11,7 +11,7 @@ blends reproduce one by one, whatever the order or the number of processes that 
 from __future__ import annotations
 
 __all__ = ["BlendConfig", "Blend", "BlendMaker", "GalaxySource", "GeneratedGalaxies", "CatalogGalaxies",
-           "TRUTH_SCALAR_FIELDS", "TRUTH_BAND_FIELDS"]
+           "TRUTH_SCALAR_FIELDS", "TRUTH_BAND_FIELDS", "BLEND_PRESETS"]
 
 import dataclasses
 from typing import Protocol
@@ -51,7 +51,17 @@ class BlendConfig:
     mag_min, mag_max : `float`
         r-band magnitude range of every galaxy.
     central_mag_max : `float`
-        The central (brightest) galaxy is at least this bright in r.
+        The central galaxy is at least this bright in r.
+    central_brightest : `bool`
+        Put the brightest galaxy at the centre (the paper); otherwise the galaxy drawn as central stays
+        there, whatever its neighbours' brightness (as for stamps cut around every detected peak).
+    bright_neighbour_fraction : `float`
+        Fraction of neighbours drawn like the central galaxy (r <= ``central_mag_max``) instead of from
+        the whole population: heavier blends with bright neighbours.
+    disk_hlr_range : `tuple` [`float`, `float`], optional
+        Keep only galaxies whose disk half-light radius (arcsec) is in this range.
+    psf_fwhm : `float`, optional
+        Override the FWHM (arcsec) of every band's PSF.
     reference_band : `str`
         Band of the truth shapes.
     """
@@ -66,6 +76,10 @@ class BlendConfig:
     mag_min: float = 18.0
     mag_max: float = 27.5
     central_mag_max: float = 25.3
+    central_brightest: bool = True
+    bright_neighbour_fraction: float = 0.0
+    disk_hlr_range: tuple[float, float] | None = None
+    psf_fwhm: float | None = None
     reference_band: str = "r"
 
     def __post_init__(self) -> None:
@@ -76,28 +90,42 @@ class BlendConfig:
             raise ValueError(f"annulus must be (inner, outer) with 0 <= inner <= outer, got {self.annulus}.")
         if self.central_mag_max < self.mag_min:
             raise ValueError("central_mag_max must be fainter than mag_min.")
+        if not 0.0 <= self.bright_neighbour_fraction <= 1.0:
+            raise ValueError("bright_neighbour_fraction must be in [0, 1].")
 
     def get_survey(self) -> Survey:
-        return get_survey(self.survey, self.psf_model)
+        return get_survey(self.survey, self.psf_model, self.psf_fwhm)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> BlendConfig:
+        """A named configuration (`BLEND_PRESETS`), with optional field overrides."""
+        if name not in BLEND_PRESETS:
+            raise ValueError(f"Unknown blend preset {name!r}; choose one of {tuple(BLEND_PRESETS)}.")
+        return cls(**{**BLEND_PRESETS[name], **overrides})
 
 
 class GalaxySource(Protocol):
     """Where the galaxies of a blend come from."""
 
-    def draw(self, rng: np.random.Generator, n: int, mag_min: float, mag_max: float) -> GalaxyCatalog:
-        """``n`` galaxies with r-band magnitude in [mag_min, mag_max]."""
+    def draw(self, rng: np.random.Generator, n: int, mag_min: float, mag_max: float,
+             disk_hlr_range: tuple[float, float] | None = None) -> GalaxyCatalog:
+        """``n`` galaxies with r-band magnitude in [mag_min, mag_max] (and disk size in range)."""
 
 
 class GeneratedGalaxies:
     """New galaxies from the built-in generator (`catalog.generate_catalog`'s distributions)."""
 
-    def draw(self, rng: np.random.Generator, n: int, mag_min: float, mag_max: float) -> GalaxyCatalog:
+    def draw(self, rng: np.random.Generator, n: int, mag_min: float, mag_max: float,
+             disk_hlr_range: tuple[float, float] | None = None) -> GalaxyCatalog:
         parts, n_have = [], 0
         # The counts rise steeply: draw a few times more than needed and keep those in the range.
         while n_have < n:
             part = _draw(rng, 4 * n + 16, mag_min - 1.0, mag_max + 1.5)
             r = part.band_mag("r")
-            part = part[(r >= mag_min) & (r <= mag_max)]
+            keep = (r >= mag_min) & (r <= mag_max)
+            if disk_hlr_range is not None:
+                keep &= (part.disk_hlr >= disk_hlr_range[0]) & (part.disk_hlr <= disk_hlr_range[1])
+            part = part[keep]
             parts.append(part)
             n_have += len(part)
         return GalaxyCatalog.concatenate(parts)[:n]
@@ -116,12 +144,31 @@ class CatalogGalaxies:
         self.catalog = catalog
         self._r = catalog.band_mag("r")
 
-    def draw(self, rng: np.random.Generator, n: int, mag_min: float, mag_max: float) -> GalaxyCatalog:
-        candidates = np.flatnonzero((self._r >= mag_min) & (self._r <= mag_max))
+    def draw(self, rng: np.random.Generator, n: int, mag_min: float, mag_max: float,
+             disk_hlr_range: tuple[float, float] | None = None) -> GalaxyCatalog:
+        keep = (self._r >= mag_min) & (self._r <= mag_max)
+        if disk_hlr_range is not None:
+            hlr = self.catalog.disk_hlr
+            keep &= (hlr >= disk_hlr_range[0]) & (hlr <= disk_hlr_range[1])
+        candidates = np.flatnonzero(keep)
         if len(candidates) == 0:
-            raise ValueError(f"No catalogue galaxy has {mag_min} <= r <= {mag_max}.")
+            raise ValueError(f"No catalogue galaxy has {mag_min} <= r <= {mag_max} (and the disk size range).")
         return self.catalog[rng.choice(candidates, size=n)]
 
+
+BLEND_PRESETS: dict[str, dict] = {
+    # Arcelin et al. (2021): the defaults.
+    "paper": {},
+    # Training the deblender for stamps cut around every detected peak: the centred galaxy need not be
+    # the brightest, neighbours reach 3" and half of them are as bright as a central galaxy.
+    "training": {"central_brightest": False, "bright_neighbour_fraction": 0.5, "annulus": (0.325, 3.0),
+                 "central_mag_max": 25.5},
+    # The anchor set of docs/method.md (scarlet_lite's figures): heavy blends of 2-4 galaxies with
+    # r 20-25.5, disk half-light radius 0.3-1.5", neighbours 0.5-3" away, true centres, PSF 0.70".
+    "anchor": {"min_galaxies": 2, "max_galaxies": 4, "mag_min": 20.0, "mag_max": 25.5,
+               "central_mag_max": 25.5, "central_brightest": False, "annulus": (0.5, 3.0),
+               "max_shift": 0.0, "disk_hlr_range": (0.3, 1.5), "psf_fwhm": 0.70},
+}
 
 # Per-galaxy truth: scalar fields, and per-band fields of shape (n, bands).
 TRUTH_SCALAR_FIELDS = ("ident", "blend_index", "is_central", "x", "y", "dx", "dy", "redshift", "hlr",
@@ -184,13 +231,19 @@ class BlendMaker:
         cfg = self.config
         rng = np.random.default_rng([seed, SPLITS[split], index])
         n = int(rng.integers(cfg.min_galaxies, cfg.max_galaxies + 1))
-        central = self.source.draw(rng, 1, cfg.mag_min, cfg.central_mag_max)
+        hlr_range = cfg.disk_hlr_range
+        central = self.source.draw(rng, 1, cfg.mag_min, cfg.central_mag_max, hlr_range)
         galaxies = central
         if n > 1:
-            neighbours = self.source.draw(rng, n - 1, cfg.mag_min, cfg.mag_max)
-            galaxies = GalaxyCatalog.concatenate([central, neighbours])
-            # The brightest galaxy is the central one.
-            galaxies = galaxies[np.argsort(galaxies.band_mag("r"), kind="stable")]
+            bright = rng.random(n - 1) < cfg.bright_neighbour_fraction
+            faint = self.source.draw(rng, n - 1, cfg.mag_min, cfg.mag_max, hlr_range)
+            if bright.any():
+                brighter = self.source.draw(rng, n - 1, cfg.mag_min, cfg.central_mag_max, hlr_range)
+                faint = GalaxyCatalog.concatenate([brighter[np.flatnonzero(bright)],
+                                                   faint[np.flatnonzero(~bright)]])
+            galaxies = GalaxyCatalog.concatenate([central, faint])
+            if cfg.central_brightest:
+                galaxies = galaxies[np.argsort(galaxies.band_mag("r"), kind="stable")]
         if isinstance(self.source, GeneratedGalaxies):
             galaxies.ident = split_ident_offset(split) + (seed % 1000) * 10**9 + index * 8 + np.arange(n)
 

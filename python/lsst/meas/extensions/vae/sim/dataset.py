@@ -168,7 +168,9 @@ def read_shard_config(path: str | Path) -> BlendConfig:
     """The `BlendConfig` a shard was made with."""
     with h5py.File(path, "r") as f:
         values = json.loads(f.attrs["config"])
-    values["annulus"] = tuple(values["annulus"])
+    for key in ("annulus", "disk_hlr_range"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
     return BlendConfig(**values)
 
 
