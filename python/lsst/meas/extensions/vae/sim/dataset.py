@@ -197,6 +197,7 @@ class BlendDataset:
                 shape = f["image"].shape[1:]
             if p == self.paths[0]:
                 self.bands, self.image_shape = bands, shape
+                self.max_neighbours = max(1, read_shard_config(p).max_galaxies - 1)
             elif bands != self.bands or shape != self.image_shape:
                 raise ValueError(f"Shard {p} has bands {bands} and shape {shape}, unlike {self.paths[0]}.")
         self._starts = np.concatenate([[0], np.cumsum(self.sizes)])
@@ -213,16 +214,24 @@ class BlendDataset:
         n_gal = f["n_galaxies"][start:stop]
         g0, g1 = int(offsets[0]), int(offsets[-1] + n_gal[-1])
         truth_images = f["truth_images"][g0:g1]
+        local = offsets - g0
+        # Neighbours of each blend's central galaxy: (x, y, SNR), NaN-padded to the largest blend.
+        x, y, snr = (f[f"truth/{name}"][g0:g1] for name in ("x", "y", "snr"))
+        neighbours = np.full((stop - start, self.max_neighbours, 3), np.nan, dtype=np.float32)
+        for k, (o, n) in enumerate(zip(local, n_gal)):
+            neighbours[k, : n - 1] = np.stack([x[o + 1:o + n], y[o + 1:o + n], snr[o + 1:o + n]], axis=1)
         batch = {
             "image": f["image"][start:stop],
             "variance": f["variance"][start:stop],
             "n_galaxies": n_gal,
-            "central": truth_images[offsets - g0],
+            "central": truth_images[local],
+            "noiseless": np.add.reduceat(truth_images, local, axis=0),
+            "neighbours": neighbours,
         }
         if truth:
-            batch["truth_images"] = [truth_images[o - g0:o - g0 + k] for o, k in zip(offsets, n_gal)]
+            batch["truth_images"] = [truth_images[o:o + k] for o, k in zip(local, n_gal)]
             batch["truth"] = {name: f[f"truth/{name}"][g0:g1] for name in f["truth"]}
-            batch["galaxy_offset"] = offsets - g0
+            batch["galaxy_offset"] = local
         return batch
 
     def read(self, start: int, stop: int, truth: bool = True) -> dict[str, np.ndarray]:
@@ -231,7 +240,8 @@ class BlendDataset:
         Returns
         -------
         batch : `dict`
-            ``image``, ``variance``, ``n_galaxies``, ``central`` (noiseless central galaxy), and with
+            ``image``, ``variance``, ``n_galaxies``, ``central`` (noiseless central galaxy), ``noiseless``
+            (the noiseless blend), ``neighbours`` (x, y, SNR of the other galaxies, NaN-padded), and with
             ``truth``: ``truth_images`` (a list of per-blend arrays), ``truth`` (per-galaxy fields) and
             ``galaxy_offset`` (each blend's first galaxy in ``truth``).
         """
@@ -243,7 +253,7 @@ class BlendDataset:
 
     def iter_batches(self, batch_size: int, seed: int, shuffle: bool = True, block_size: int = 256,
                      buffer_blocks: int = 8, drop_last: bool = False) -> Iterator[dict[str, np.ndarray]]:
-        """Stream batches of ``image``, ``variance``, ``n_galaxies`` and ``central`` once over the data.
+        """Stream batches once over the data (the keys of `read` without ``truth``).
 
         Shards are visited in a random order and read in contiguous blocks; a buffer of
         ``buffer_blocks`` blocks is shuffled before batches are cut from it, so memory stays bounded by
@@ -267,7 +277,7 @@ class BlendDataset:
                   for s in range(0, size, block_size)]
         if shuffle:
             blocks = [blocks[i] for i in rng.permutation(len(blocks))]
-        keys = ("image", "variance", "n_galaxies", "central")
+        keys = ("image", "variance", "n_galaxies", "central", "noiseless", "neighbours")
         buffer: dict[str, list[np.ndarray]] = {key: [] for key in keys}
         buffered = 0
         handles: dict[int, h5py.File] = {}
