@@ -49,6 +49,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_simulation_arguments(patch)
     patch.add_argument("--size", type=int, default=1000, help="patch side in LSST pixels (default 1000)")
 
+    train = commands.add_parser("train", help="train the VAE, then the deblender")
+    train_kinds = train.add_subparsers(dest="kind", required=True)
+    for kind in ("vae", "deblender"):
+        t = train_kinds.add_parser(kind, help=f"train the {kind}")
+        t.add_argument("--train", default="runs/train", help="folder of training blend shards")
+        t.add_argument("--val", default="runs/val", help="folder of validation blend shards")
+        t.add_argument("--out", default=f"runs/{kind}", help="output folder (checkpoints, weights, curves)")
+        t.add_argument("--preset", default="small", choices=("small", "paper"), help="network preset")
+        t.add_argument("--likelihood", default="normalized", choices=("normalized", "gaussian", "bce"))
+        t.add_argument("--normalization", default="asinh", choices=("asinh", "paper"))
+        t.add_argument("--kl-weight", type=float, default=0.01)
+        t.add_argument("--batch-size", type=int, default=64)
+        t.add_argument("--lr", type=float, default=3e-4)
+        t.add_argument("--epoch-size", type=int, default=20000, help="samples per epoch")
+        t.add_argument("--max-epochs", type=int, default=100)
+        t.add_argument("--patience", type=int, default=4, help="epochs without improvement before stopping")
+        t.add_argument("--max-minutes", type=float, default=60.0, help="time budget of this run")
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--no-bf16", action="store_true", help="no bfloat16 autocast on the CPU")
+        t.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
+        t.add_argument("--no-progress", action="store_true")
+        if kind == "deblender":
+            t.add_argument("--vae", default="runs/vae", help="folder of the trained VAE")
+
+    bundle = commands.add_parser("bundle", help="write shipped weights from a trained VAE and deblender")
+    bundle.add_argument("--vae", default="runs/vae")
+    bundle.add_argument("--deblender", default="runs/deblender")
+    bundle.add_argument("--out", default="weights/lsst.safetensors")
+
+    evaluate = commands.add_parser("evaluate", help="score the deblender on simulated test blends")
+    evaluate.add_argument("--weights", default="lsst", help="shipped weights name or .safetensors path")
+    evaluate.add_argument("--n", type=int, default=2000, help="test blends")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--preset", default="paper", choices=("paper", "training", "anchor"),
+                          help="how the test blends are built (sim.blend.BLEND_PRESETS)")
+    evaluate.add_argument("--catalog", default=None, help="CatSim-format FITS catalogue (its test split)")
+    evaluate.add_argument("--iterations", type=int, default=2, help="deblending passes")
+    evaluate.add_argument("--no-refine", action="store_true", help="no centroid refinement")
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument("--no-progress", action="store_true")
+
     demo = commands.add_parser("demo", help="the main job on the embedded defaults")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
     demo.add_argument("--n", type=int, default=2000, help="blends to simulate (default 2000)")
@@ -175,12 +216,74 @@ def demo(args: argparse.Namespace) -> dict:
     return summary
 
 
+def train_model(args: argparse.Namespace) -> dict:
+    """``vae-deblend train vae|deblender``."""
+    from .model.training import TrainConfig, train
+
+    config = TrainConfig(
+        kind=args.kind, train_dir=args.train, val_dir=args.val, out_dir=args.out, preset=args.preset,
+        likelihood=args.likelihood, normalization=args.normalization, kl_weight=args.kl_weight,
+        batch_size=args.batch_size, lr=args.lr, epoch_size=args.epoch_size, max_epochs=args.max_epochs,
+        patience=args.patience, max_minutes=args.max_minutes, seed=args.seed, bf16=not args.no_bf16,
+        vae_weights=getattr(args, "vae", ""))
+    command = "vae-deblend " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vae-deblend") else ""
+    summary = train(config, resume=args.resume, command=command, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
+    return summary
+
+
+def bundle_weights(args: argparse.Namespace) -> None:
+    """``vae-deblend bundle``: the shipped safetensors file from two training runs."""
+    from .model.weights import load_model, save_bundle
+
+    vae, norm, vae_meta = load_model(Path(args.vae) / "best.safetensors", kind="vae")
+    deblender, _, deb_meta = load_model(Path(args.deblender) / "best.safetensors", kind="deblender",
+                                        normalization=norm)
+    extra = {"vae_training_command": vae_meta.get("training_command", ""),
+             "deblender_training_command": deb_meta.get("training_command", ""),
+             "vae_train_config": vae_meta.get("train_config", ""),
+             "deblender_train_config": deb_meta.get("train_config", "")}
+    data_config = json.loads(deb_meta["data_config"]) if deb_meta.get("data_config") else None
+    if data_config:
+        extra["data_config"] = json.dumps(data_config)
+    path = save_bundle(args.out, vae, deblender, norm, vae_meta["likelihood"], extra=extra)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def evaluate_weights(args: argparse.Namespace) -> dict:
+    """``vae-deblend evaluate``: ``metrics.json`` and plots in ``--out``."""
+    from .deblend.field import DeblendConfig
+    from .measure.evaluate import evaluate
+
+    metrics = evaluate(args.weights, args.n, args.seed, args.out, preset=args.preset,
+                       catalog_path=args.catalog, progress=not args.no_progress,
+                       deblend_config=DeblendConfig(iterations=args.iterations,
+                                                    refine_centroids=not args.no_refine))
+    rows = [("VAE deblender", metrics), ("no deblending", metrics["baseline"]),
+            ("VAE on isolated (bound)", metrics["isolated_bound"])]
+    print(f"{metrics['n']} '{args.preset}' test blends, central galaxy, r band")
+    print(f"{'':26s} {'med|df/f|':>9s} {'mean|df/f|':>10s} {'med dmag':>9s} {'med dg1':>8s} {'med dg2':>8s} "
+          f"{'med|dg|':>8s} {'rms|dg|':>8s}")
+    for name, m in rows:
+        print(f"{name:26s} {m['flux_rel_abs_err_median']:9.4f} {m['flux_rel_abs_err_mean']:10.4f} "
+              f"{m['mag_err_median']:9.4f} {m['e1_err_median']:8.4f} {m['e2_err_median']:8.4f} "
+              f"{m['e_abs_err_median']:8.4f} {m['e_abs_err_rms']:8.4f}")
+    print(f"deblending: {metrics['deblend_ms_per_blend']:.2f} ms per blend on {metrics['device']}")
+    return metrics
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "simulate" and args.kind == "blends":
         simulate_blends(args)
     elif args.command == "simulate" and args.kind == "patch":
         simulate_patches(args)
+    elif args.command == "train":
+        train_model(args)
+    elif args.command == "evaluate":
+        evaluate_weights(args)
+    elif args.command == "bundle":
+        bundle_weights(args)
     elif args.command == "demo":
         demo(args)
     return 0

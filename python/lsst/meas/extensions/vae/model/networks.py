@@ -86,7 +86,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.head(self.features(x))
-        return h[:, : self.latent], h[:, self.latent:].clamp(-10.0, 5.0)
+        return h[:, : self.latent], h[:, self.latent:].clamp(-8.0, 2.0)
 
 
 class Decoder(nn.Module):

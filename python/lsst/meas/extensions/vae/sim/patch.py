@@ -24,6 +24,7 @@ import numpy as np
 from astropy.table import Table
 from tqdm import tqdm
 
+from ..geometry import overlap_slices
 from ..measure.photometry import snr as snr_of
 from ..measure.shape import hsm_shape
 from ..surveys import Survey, get_survey
@@ -122,18 +123,9 @@ def _stamp_size(extent_pixels: float) -> int:
     return _STAMP_SIZES[-1]
 
 
-def _overlap(image_shape: tuple[int, int], stamp_shape: tuple[int, int], x0: int, y0: int
-             ) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
-    """Slices of the image and of a stamp (lower-left pixel at x0, y0) where the two overlap."""
-    ys, xs = max(0, y0), max(0, x0)
-    ye, xe = min(image_shape[0], y0 + stamp_shape[0]), min(image_shape[1], x0 + stamp_shape[1])
-    ye, xe = max(ye, ys), max(xe, xs)
-    return (slice(ys, ye), slice(xs, xe)), (slice(ys - y0, ye - y0), slice(xs - x0, xe - x0))
-
-
 def _add_stamp(image: np.ndarray, stamp: np.ndarray, x0: int, y0: int) -> None:
     """Add ``stamp`` to ``image`` with its lower-left pixel at (x0, y0), clipped to the image."""
-    in_image, in_stamp = _overlap(image.shape, stamp.shape, x0, y0)
+    in_image, in_stamp = overlap_slices(image.shape, stamp.shape, x0, y0)
     image[in_image] += stamp[in_stamp]
 
 
@@ -198,7 +190,7 @@ def make_patch(config: PatchConfig, seed: int, source: GalaxySource | None = Non
     blend = np.full(n, np.nan)
     noiseless_ref = images[ref]
     for g, (stamp, x0, y0) in enumerate(ref_stamps):
-        in_image, in_stamp = _overlap(noiseless_ref.shape, stamp.shape, x0, y0)
+        in_image, in_stamp = overlap_slices(noiseless_ref.shape, stamp.shape, x0, y0)
         own = stamp[in_stamp]
         cross = float(np.sum(noiseless_ref[in_image] * own))
         if cross > 0:

@@ -1,0 +1,85 @@
+"""Plots of scores: binned errors against SNR and blendedness, and example models."""
+
+from __future__ import annotations
+
+__all__ = ["plot_binned", "plot_examples"]
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _centres(rows: list[dict]) -> np.ndarray:
+    return np.array([0.5 * (r["lo"] + min(r["hi"], 2 * max(r["lo"], 1e-3))) for r in rows])
+
+
+def plot_binned(metrics: dict, path: str | Path) -> Path:
+    """Median and NMAD of dmag, dg1, dg2 and |df/f| (with the no-deblending baseline) in SNR and
+    blendedness bins, as in Arcelin et al. (2021)."""
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for row, (key, label, log) in enumerate((("by_snr", "r-band SNR", True),
+                                             ("by_blendedness", "blendedness (r)", False))):
+        rows = [r for r in metrics[key] if r["n"] > 0]
+        x = np.arange(len(rows))
+        ticks = [f"{r['lo']:g}-{r['hi']:g}\n(n={r['n']})" for r in rows]
+        ax = axes[row, 0]
+        med = [r["dmag"]["median"] for r in rows]
+        sig = [r["dmag"]["nmad"] for r in rows]
+        ax.errorbar(x, med, yerr=sig, fmt="o-", capsize=3, label="VAE")
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_ylabel("dmag (r), median +- NMAD")
+        ax = axes[row, 1]
+        for comp, marker in (("dg1", "o"), ("dg2", "s")):
+            ax.errorbar(x + (0.1 if comp == "dg2" else -0.1), [r[comp]["median"] for r in rows],
+                        yerr=[r[comp]["nmad"] for r in rows], fmt=marker + "-", capsize=3, label=comp)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_ylabel("dg, median +- NMAD")
+        ax.legend(fontsize=8)
+        ax = axes[row, 2]
+        ax.plot(x, [r["abs_df"]["median"] for r in rows], "o-", label="VAE median |df/f|")
+        ax.plot(x, [r["abs_df"]["mean"] for r in rows], "o--", label="VAE mean |df/f|")
+        ax.plot(x, [r["baseline_abs_df"]["median"] for r in rows], "s:", color="gray",
+                label="no deblending, median")
+        ax.set_yscale("log")
+        ax.set_ylabel("|df/f| (r)")
+        ax.legend(fontsize=8)
+        for ax in axes[row]:
+            ax.set_xticks(x)
+            ax.set_xticklabels(ticks, fontsize=7)
+            ax.set_xlabel(label)
+    fig.suptitle(f"Central galaxies of {metrics['n']} '{metrics['preset']}' test blends: median |df/f| "
+                 f"{metrics['flux_rel_abs_err_median']:.3f}, median |dg| {metrics['e_abs_err_median']:.3f}",
+                 fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_examples(examples: list[tuple], path: str | Path) -> Path:
+    """Blend, true central galaxy, VAE model and truth - model residual, r band, for a few blends."""
+    n = len(examples)
+    fig, axes = plt.subplots(4, n, figsize=(1.7 * n, 7), squeeze=False)
+    for k, (blend, truth, model, center) in enumerate(examples):
+        vmax = max(float(truth.max()), 1e-9)
+        for row, (img, title) in enumerate(((blend, "blend"), (truth, "truth"), (model, "model"),
+                                            (truth - model, "truth-model"))):
+            ax = axes[row, k]
+            lim = (-0.2 * vmax, 0.2 * vmax) if row == 3 else (-0.05 * vmax, vmax)
+            ax.imshow(img, origin="lower", cmap="RdBu_r" if row == 3 else "gray_r", vmin=lim[0], vmax=lim[1])
+            ax.plot(*center, "+", color="orange", ms=5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                ax.set_ylabel(title, fontsize=8)
+    fig.suptitle("r band: blend, true central galaxy, VAE model, residual (+-20 % of the peak)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,351 @@
+"""Training the VAE (isolated galaxies) and then the deblender (blends -> central galaxy's code).
+
+Both read blend shards (`sim.dataset`): the VAE learns the noiseless central galaxies of the blends, seen
+through fresh noise every time; the deblender sees the whole blend with fresh noise plus a map of the
+other detected peaks, and is trained to reproduce the central galaxy alone through the VAE's frozen
+decoder.  Training is resumable: every epoch ends with an atomic checkpoint; ``resume=True`` continues
+from it.  The best epoch (validation loss) is kept; training stops early when validation stops improving
+or when the time budget is spent.
+
+Likelihoods (``likelihood``):
+
+- ``gaussian``: per-pixel Gaussian in electrons with the known noise variance (debvader);
+- ``normalized``: unit-variance Gaussian on normalised images (the noise of an asinh(x / sigma) image is
+  ~1 at low flux, compressed at high flux);
+- ``bce``: the paper's binary cross-entropy on ``paper``-normalised images mapped to [0, 1].
+"""
+
+from __future__ import annotations
+
+__all__ = ["TrainConfig", "train", "default_device", "reconstruction_loss", "kl_divergence"]
+
+import dataclasses
+import json
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..sim.dataset import BlendDataset
+from .networks import PRESETS, VAE, Deblender, NetworkConfig, neighbour_maps
+from .normalization import Normalization
+
+LIKELIHOODS = ("gaussian", "normalized", "bce")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Options of one training run.
+
+    Attributes
+    ----------
+    kind : `str`
+        ``vae`` or ``deblender``.
+    train_dir, val_dir : `str`
+        Folders of blend shards.
+    out_dir : `str`
+        Where checkpoints, weights, curves and the log go.
+    preset : `str`
+        Network preset (`networks.PRESETS`).
+    likelihood : `str`
+        One of `LIKELIHOODS`.
+    normalization : `str`
+        ``asinh`` or ``paper``.
+    kl_weight : `float`
+        Weight of the KL term.
+    batch_size, lr : `int`, `float`
+    epoch_size : `int`
+        Samples per epoch (validation after each).
+    max_epochs, patience : `int`
+        Epoch limit; stop after ``patience`` epochs without a better validation loss.
+    max_minutes : `float`
+        Wall-clock budget of this run.
+    seed : `int`
+    vae_weights : `str`
+        For the deblender: the VAE checkpoint folder (its ``best.safetensors``).
+    neighbour_drop : `float`
+        Probability to hide each neighbour peak from the neighbour map (detection incompleteness);
+        neighbours with SNR < 5 are always hidden.
+    bf16 : `bool`
+        bfloat16 autocast on CPUs that support it (weights and loss stay float32).
+    """
+
+    kind: str = "vae"
+    train_dir: str = "runs/train"
+    val_dir: str = "runs/val"
+    out_dir: str = "runs/vae"
+    preset: str = "small"
+    likelihood: str = "normalized"
+    normalization: str = "asinh"
+    kl_weight: float = 0.01
+    batch_size: int = 64
+    lr: float = 3e-4
+    epoch_size: int = 20000
+    max_epochs: int = 100
+    patience: int = 4
+    max_minutes: float = 60.0
+    seed: int = 0
+    vae_weights: str = ""
+    neighbour_drop: float = 0.1
+    bf16: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("vae", "deblender"):
+            raise ValueError(f"kind must be 'vae' or 'deblender', got {self.kind!r}.")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}.")
+        if self.likelihood == "bce" and self.normalization != "paper":
+            raise ValueError("The bce likelihood needs the 'paper' normalization (images in [-1, 1]).")
+        if self.kind == "deblender" and not self.vae_weights:
+            raise ValueError("Training the deblender needs vae_weights (a trained VAE).")
+
+
+def default_device() -> torch.device:
+    """CUDA when there is a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, variance: torch.Tensor,
+                        norm: Normalization, likelihood: str) -> torch.Tensor:
+    """Negative log-likelihood per stamp (summed over pixels and bands), averaged over the batch.
+
+    Parameters
+    ----------
+    output : `torch.Tensor`, (batch, bands, h, w)
+        Network output, normalised units.
+    target : `torch.Tensor`, (batch, bands, h, w)
+        Noiseless target image, electrons.
+    variance : `torch.Tensor`, (batch, bands)
+        Noise variance per pixel, electrons^2.
+    """
+    if likelihood == "gaussian":
+        # Bounded so that an untrained network cannot overflow sinh (12 is ~80,000 sigma).
+        chi = (norm.inverse(output.clamp(-12.0, 12.0)) - target) ** 2 / variance[:, :, None, None]
+        return 0.5 * chi.sum(dim=(1, 2, 3)).mean()
+    y = norm.forward(target)
+    if likelihood == "normalized":
+        return 0.5 * ((output - y) ** 2).sum(dim=(1, 2, 3)).mean()
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        output, (y + 1) / 2, reduction="none").sum(dim=(1, 2, 3)).mean()
+
+
+def network_output(raw: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """Normalised image from the decoder's raw output (the bce decoder predicts logits)."""
+    return 2 * torch.sigmoid(raw) - 1 if likelihood == "bce" else raw
+
+
+def kl_divergence(mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, std^2) || N(0, 1)) per stamp, averaged over the batch."""
+    return 0.5 * (mean**2 + torch.exp(2 * log_std) - 1 - 2 * log_std).sum(dim=1).mean()
+
+
+def _prefetch(iterator: Iterator, depth: int = 3) -> Iterator:
+    """Read batches in a thread while the network trains."""
+    q: queue.Queue = queue.Queue(depth)
+    done = object()
+
+    def work() -> None:
+        for item in iterator:
+            q.put(item)
+        q.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    while (item := q.get()) is not done:
+        yield item
+
+
+class _Batches:
+    """Endless shuffled batches with fresh noise, as tensors."""
+
+    def __init__(self, data: BlendDataset, config: TrainConfig, seed: int) -> None:
+        self.data, self.config, self.seed = data, config, seed
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        epoch = 0
+        rng = np.random.default_rng([self.seed, 99])
+        size = self.data.image_shape[-1]
+        while True:
+            for batch in self.data.iter_batches(self.config.batch_size, seed=self.seed * 1000 + epoch,
+                                                drop_last=True):
+                yield _prepare(batch, self.config, rng, size)
+            epoch += 1
+
+
+def _prepare(batch: dict, config: TrainConfig, rng: np.random.Generator, size: int) -> dict:
+    sigma = np.sqrt(batch["variance"])[:, :, None, None]
+    clean = batch["central"] if config.kind == "vae" else batch["noiseless"]
+    noisy = clean + rng.standard_normal(clean.shape, dtype=np.float32) * sigma
+    out = {"input": torch.from_numpy(noisy.astype(np.float32)),
+           "target": torch.from_numpy(batch["central"]),
+           "variance": torch.from_numpy(batch["variance"])}
+    if config.kind == "deblender":
+        peaks = batch["neighbours"].copy()
+        hidden = (peaks[..., 2] < 5.0) | (rng.random(peaks.shape[:2]) < config.neighbour_drop)
+        peaks[hidden] = np.nan
+        out["neighbours"] = torch.from_numpy(neighbour_maps(peaks[..., :2], size))
+    return out
+
+
+def _validation_batches(data: BlendDataset, config: TrainConfig, n_max: int = 2000) -> list[dict]:
+    rng = np.random.default_rng(12345)  # the same noise every epoch: comparable losses
+    size = data.image_shape[-1]
+    batches, n = [], 0
+    for batch in data.iter_batches(256, seed=0, shuffle=False):
+        batches.append(_prepare(batch, config, rng, size))
+        n += len(batch["image"])
+        if n >= n_max:
+            break
+    return batches
+
+
+def _mean_max_pixel(data: BlendDataset) -> np.ndarray:
+    batch = next(data.iter_batches(2000, seed=0, shuffle=False))
+    return batch["central"].max(axis=(2, 3)).mean(axis=0)
+
+
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _plot_curves(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss per stamp (recon + KL)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train(config: TrainConfig, resume: bool = False, command: str = "", progress: bool = True) -> dict:
+    """Train a VAE or a deblender; returns the run summary (also written to ``out_dir/summary.json``).
+
+    The best model is written to ``out_dir/best.safetensors`` (see `weights.save_model`).
+    """
+    from .weights import load_model, save_model
+
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    device = default_device()
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    bf16 = config.bf16 and device.type == "cpu" and torch.backends.mkldnn.is_available()
+    train_data = BlendDataset(config.train_dir)
+    val_data = BlendDataset(config.val_dir)
+    size = train_data.image_shape[-1]
+    net_config = NetworkConfig(bands=tuple(train_data.bands), stamp_size=size, **PRESETS[config.preset])
+    data_config = train_data.config
+
+    if config.kind == "vae":
+        if config.normalization == "asinh":
+            norm = Normalization.asinh(np.sqrt(train_data.read(0, 1, truth=False)["variance"][0]))
+        else:
+            norm = Normalization.paper(_mean_max_pixel(train_data))
+        model: torch.nn.Module = VAE(net_config)
+    else:
+        vae, norm, _ = load_model(Path(config.vae_weights) / "best.safetensors", kind="vae")
+        if vae.config != net_config:
+            raise ValueError(f"The VAE's network {vae.config} differs from the requested {net_config}.")
+        model = Deblender(net_config)
+        model.init_from_vae(vae)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=1)
+
+    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": [], "seconds": 0.0}
+    checkpoint = out / "checkpoint.pt"
+    if resume and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = json.loads(saved["state"])
+        torch.set_rng_state(saved["torch_rng"])
+
+    val_batches = _validation_batches(val_data, config)
+    batches = _prefetch(iter(_Batches(train_data, config, config.seed + 7919 * state["epoch"])))
+    start = time.perf_counter() - state["seconds"]
+    steps_per_epoch = max(1, config.epoch_size // config.batch_size)
+
+    def run(batch: dict, train_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x = batch["input"].to(device, memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if config.kind == "vae":
+                raw, mean, log_std = model(norm.forward(x), sample=train_mode)
+            else:
+                raw, mean, log_std = model(norm.forward(x), batch["neighbours"].to(device))
+        raw = raw.float()
+        recon = reconstruction_loss(raw, batch["target"].to(device), batch["variance"].to(device), norm,
+                                    config.likelihood)
+        kl = kl_divergence(mean.float(), log_std.float())
+        return recon, kl
+
+    while state["epoch"] < config.max_epochs:
+        model.train()
+        totals = []
+        bar = tqdm(range(steps_per_epoch), desc=f"{config.kind} epoch {state['epoch'] + 1}", unit="batch",
+                   disable=not progress, leave=False)
+        for _ in bar:
+            recon, kl = run(next(batches), True)
+            loss = recon + config.kl_weight * kl
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            totals.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(totals[-50:]):.1f}")
+        model.eval()
+        with torch.no_grad():
+            val = [run(b, False) for b in val_batches]
+        val_recon = float(np.mean([float(r) for r, _ in val]))
+        val_loss = val_recon + config.kl_weight * float(np.mean([float(k) for _, k in val]))
+        scheduler.step(val_loss)
+        state["epoch"] += 1
+        state["seconds"] = time.perf_counter() - start
+        state["history"].append({"epoch": state["epoch"], "train_loss": float(np.mean(totals)),
+                                 "val_loss": val_loss, "val_recon": val_recon,
+                                 "lr": optimizer.param_groups[0]["lr"], "minutes": state["seconds"] / 60})
+        improved = val_loss < state["best_val"]
+        if improved:
+            state["best_val"], state["bad_epochs"] = val_loss, 0
+            save_model(out / "best.safetensors", model, norm, kind=config.kind, likelihood=config.likelihood,
+                       data_config=data_config,
+                       extra={"training_command": command, "train_config": json.dumps(dataclasses.asdict(config)),
+                              "epoch": str(state["epoch"]), "val_loss": f"{val_loss:.4f}"})
+        else:
+            state["bad_epochs"] += 1
+        _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "state": json.dumps(state),
+                            "torch_rng": torch.get_rng_state()}, checkpoint)
+        _plot_curves(state["history"], out / "loss_curves.png", f"{config.kind} ({config.preset})")
+        (out / "history.json").write_text(json.dumps(state["history"], indent=1) + "\n")
+        print(f"{config.kind} epoch {state['epoch']}: train {np.mean(totals):.2f} val {val_loss:.2f}"
+              f"{' (best)' if improved else ''}, {state['seconds'] / 60:.1f} min", flush=True)
+        if state["bad_epochs"] >= config.patience or state["seconds"] > 60 * config.max_minutes:
+            break
+
+    summary = {"kind": config.kind, "epochs": state["epoch"], "best_val_loss": state["best_val"],
+               "minutes": round(state["seconds"] / 60, 2), "device": str(device), "bf16": bf16,
+               "samples_seen": state["epoch"] * steps_per_epoch * config.batch_size,
+               "config": dataclasses.asdict(config), "command": command}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
