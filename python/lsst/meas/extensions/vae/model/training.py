@@ -300,6 +300,12 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         kl = kl_divergence(mean.float(), log_std.float())
         return recon, kl
 
+    if "initial_val_loss" not in state:
+        model.eval()
+        with torch.no_grad():
+            val = [run(b, False) for b in val_batches]
+        state["initial_val_loss"] = float(np.mean([float(r) + config.kl_weight * float(k) for r, k in val]))
+
     while state["epoch"] < config.max_epochs:
         model.train()
         totals = []
@@ -344,6 +350,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
             break
 
     summary = {"kind": config.kind, "epochs": state["epoch"], "best_val_loss": state["best_val"],
+               "initial_val_loss": state["initial_val_loss"],
                "minutes": round(state["seconds"] / 60, 2), "device": str(device), "bf16": bf16,
                "samples_seen": state["epoch"] * steps_per_epoch * config.batch_size,
                "config": dataclasses.asdict(config), "command": command}

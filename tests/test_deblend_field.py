@@ -1,0 +1,87 @@
+"""The whole-field deblending core, with a real (tiny) trained network."""
+
+import numpy as np
+import pytest
+
+from lsst.meas.extensions.vae.deblend import DeblendConfig, cut_stamp, deblend_field, paste_stamp
+from lsst.meas.extensions.vae.deblend.network import VaeDeblender
+from lsst.meas.extensions.vae.sim.blend import BlendConfig, BlendMaker
+
+
+def test_cut_and_paste_round_trip_with_edges():
+    image = np.arange(2 * 10 * 12, dtype=np.float32).reshape(2, 10, 12)
+    stamp, edge = cut_stamp(image, (5, 4), 5)
+    np.testing.assert_array_equal(stamp, image[:, 2:7, 3:8])
+    assert not edge
+    stamp, edge = cut_stamp(image, (0, 9), 5)
+    assert edge and stamp[0, 2, 2] == image[0, 9, 0] and stamp[0, 4, 4] == 0.0
+    target = np.zeros_like(image)
+    paste_stamp(target, stamp, (0, 9))
+    assert target[0, 9, 0] == image[0, 9, 0] and target[0, 8, 1] == image[0, 8, 1]
+    assert target.sum() == pytest.approx(stamp.sum())
+
+
+@pytest.fixture(scope="module")
+def field(tiny_training):
+    """Two parents side by side in one field: a 3-galaxy blend and an isolated galaxy."""
+    deblender = VaeDeblender(str(tiny_training["bundle"]), device="cpu")
+    maker = BlendMaker(BlendConfig.preset("training", stamp_size=33, min_galaxies=3, max_galaxies=3,
+                                          annulus=(0.325, 1.5)))
+    single = BlendMaker(BlendConfig(stamp_size=33, max_galaxies=1)).make(0, 1, split="test")
+    blend = maker.make(0, 0, split="test")
+    image = np.zeros((6, 33, 80), dtype=np.float32)
+    image[:, :, :33] = blend.image
+    image[:, :, 45:78] = single.image
+    labels = np.zeros((33, 80), dtype=np.int32)
+    labels[:, :33] = 1
+    labels[:, 45:78] = 2
+    peaks = np.concatenate([np.stack([blend.truth["x"], blend.truth["y"]], 1),
+                            [[single.truth["x"][0] + 45, single.truth["y"][0]]]])
+    return deblender, image, labels, peaks
+
+
+def test_every_peak_comes_out_and_conservation_sums_to_the_parent(field):
+    deblender, image, labels, peaks = field
+    children, parents = deblend_field(image, peaks, deblender, 33, parents=np.array([1, 1, 1, 2]),
+                                      footprints=labels, config=DeblendConfig(iterations=2))
+    assert len(children) == 4 and [c.parent for c in children] == [1, 1, 1, 2]
+    assert [p.label for p in parents] == [1, 2] and parents[0].children == [0, 1, 2]
+    for parent in parents:
+        total = sum(children[i].flux_conserved for i in parent.children)
+        np.testing.assert_allclose(total, parent.flux, rtol=1e-5, atol=1e-2)
+        np.testing.assert_allclose(parent.conserved.sum(axis=0).sum(axis=(1, 2)), parent.flux, rtol=1e-5,
+                                   atol=1e-2)
+    for child in children:
+        assert child.model.shape == (6, 33, 33) and np.isfinite(child.model).all()
+        assert np.all(np.isnan(child.flux_model_err))
+    assert children[0].edge  # a 33-px stamp around a peak near the field's left edge
+
+
+def test_options_and_flags(field):
+    deblender, image, labels, peaks = field
+    bad = np.zeros(labels.shape, dtype=bool)
+    bad[10, 60] = True
+    children, parents = deblend_field(image, peaks, deblender, 33, parents=np.array([1, 1, 1, 2]),
+                                      footprints=labels, bad=bad,
+                                      config=DeblendConfig(iterations=1, refine_centroids=False,
+                                                           conserve_flux=False, n_samples=4))
+    assert parents[0].conserved is None
+    for child in children:
+        np.testing.assert_array_equal(child.flux_conserved, child.flux_model)
+        assert np.all(np.isfinite(child.flux_model_err)) and np.all(child.flux_model_err >= 0)
+        assert not child.refined
+    assert children[3].masked and not children[0].masked
+    again, _ = deblend_field(image, peaks, deblender, 33, parents=np.array([1, 1, 1, 2]), footprints=labels,
+                             bad=bad, config=DeblendConfig(iterations=1, refine_centroids=False,
+                                                           conserve_flux=False, n_samples=4))
+    np.testing.assert_array_equal(again[0].model, children[0].model)  # deterministic on the CPU
+    np.testing.assert_array_equal(again[0].flux_model_err, children[0].flux_model_err)
+
+
+def test_no_peaks_and_wrong_stamps(field):
+    deblender, image, labels, _ = field
+    children, parents = deblend_field(image, np.zeros((0, 2)), deblender, 33, parents=np.zeros(0),
+                                      footprints=labels)
+    assert children == [] and parents == []
+    with pytest.raises(ValueError, match="do not fit"):
+        deblender(np.zeros((1, 6, 21, 21), dtype=np.float32), np.full((1, 1, 2), np.nan))
