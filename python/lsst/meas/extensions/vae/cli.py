@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job on the embedded defaults")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
-    demo.add_argument("--n", type=int, default=2000, help="blends to simulate (default 2000)")
+    demo.add_argument("--n", type=int, default=500, help="blends to simulate for the gallery (default 500)")
+    demo.add_argument("--size", type=int, default=1000, help="patch side in pixels (default 1000)")
+    demo.add_argument("--weights", default="lsst", help="shipped weights name or .safetensors path")
     demo.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -178,42 +180,15 @@ def simulate_patches(args: argparse.Namespace) -> dict:
 
 
 def demo(args: argparse.Namespace) -> dict:
-    """Simulate blends and a patch, write a gallery, a patch picture and ``summary.json``."""
-    import numpy as np
+    """The main job: simulate a coadd patch, deblend it with ``pipetask run`` and the shipped weights,
+    score it against the truth; also a gallery of simulated blends."""
+    from .pipe.standalone.demo import run_demo
 
-    out = args.out
-    blends = simulate_blends(argparse.Namespace(
-        n=args.n, seed=args.seed, survey="lsst", psf_model="paper", out=out / "blends", catalog=None,
-        jobs=os.cpu_count(), no_progress=False, split="test", stamp_size=None, max_galaxies=None,
-        shard_size=1000, no_gallery=False))
-    patches = simulate_patches(argparse.Namespace(
-        n=1, seed=args.seed, survey="lsst", psf_model="paper", out=out / "patch", catalog=None, jobs=1,
-        no_progress=False, size=1000))
-
-    from .sim.dataset import BlendDataset
-
-    data = BlendDataset(out / "blends")
-    truth = {key: [] for key in ("snr", "blendedness", "is_central", "mag")}
-    for k, size in enumerate(data.sizes):
-        part = data.read(int(data._starts[k]), int(data._starts[k] + size))["truth"]
-        for key in truth:
-            truth[key].append(part[key])
-    truth = {key: np.concatenate(v) for key, v in truth.items()}
-    central = truth["is_central"]
-    r = data.bands.index("r")
-    summary = {
-        "n_blends": blends["n"], "blends_per_second": blends["blends_per_second"],
-        "n_galaxies": int(len(central)),
-        "central_r_mag_median": round(float(np.median(truth["mag"][central, r])), 3),
-        "central_snr_median": round(float(np.median(truth["snr"][central])), 2),
-        "central_blendedness_median": round(float(np.nanmedian(truth["blendedness"][central])), 4),
-        "fraction_central_blendedness_gt_0.1": round(float(np.mean(truth["blendedness"][central] > 0.1)), 4),
-        "patch_galaxies": patches["patches"][0]["n_galaxies"],
-        "gallery": "blends/gallery.png", "patch_image": f"patch/patch-{args.seed}.png",
-    }
-    _write_json(out / "summary.json", summary)
-    print(json.dumps(summary, indent=2))
-    return summary
+    simulate_blends(argparse.Namespace(
+        n=args.n, seed=args.seed, survey="lsst", psf_model="paper", out=args.out / "blends", catalog=None,
+        jobs=os.cpu_count(), no_progress=True, split="test", stamp_size=None, max_galaxies=None,
+        shard_size=1000, no_gallery=False, preset="paper"))
+    return run_demo(args.out, size=args.size, seed=args.seed, weights=args.weights, jobs=os.cpu_count() or 1)
 
 
 def train_model(args: argparse.Namespace) -> dict:

@@ -21,7 +21,8 @@ flagged, not dropped.
 
 from __future__ import annotations
 
-__all__ = ["DeblendConfig", "Child", "Parent", "deblend_field", "cut_stamp", "paste_stamp"]
+__all__ = ["DeblendConfig", "Child", "Parent", "deblend_field", "cut_stamp", "paste_stamp", "conserve_flux",
+           "parent_boxes"]
 
 import dataclasses
 from collections.abc import Callable
@@ -51,6 +52,8 @@ class DeblendConfig:
         Split the observed flux among the children.
     n_samples : `int`
         Latent samples for the model-flux uncertainty (0: none).
+    keep_conserved_images : `bool`
+        Keep each parent's flux-conserved child images (`Parent.conserved`); the fluxes are always kept.
     """
 
     iterations: int = 2
@@ -58,6 +61,7 @@ class DeblendConfig:
     max_centroid_shift: float = 3.0
     conserve_flux: bool = True
     n_samples: int = 0
+    keep_conserved_images: bool = True
 
 
 @dataclasses.dataclass
@@ -193,7 +197,8 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
     footprints : `numpy.ndarray` (h, w) of `int`, optional
         Parent label of every pixel (0: no parent); by default the whole image belongs to parent 1.
     bad : `numpy.ndarray` (h, w) of `bool`, optional
-        Masked pixels, zeroed in the network input.
+        Masked pixels, zeroed in the network input and left out of the conserved flux; non-finite
+        pixels are treated as masked too.
     config : `DeblendConfig`
     max_neighbours : `int`
         Most neighbour peaks given to the network per stamp.
@@ -211,6 +216,9 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
     labels = np.ones(n, dtype=np.int64) if parents is None else np.asarray(parents, dtype=np.int64)
     if footprints is None:
         footprints = np.ones(image.shape[-2:], dtype=np.int32)
+    nonfinite = ~np.isfinite(image).all(axis=0)
+    if nonfinite.any():
+        bad = nonfinite if bad is None else (bad | nonfinite)
     clean = image if bad is None else np.where(bad[None], 0.0, image).astype(np.float32)
     height, width = image.shape[-2:]
     centers = np.clip(np.rint(peaks).astype(np.int64), [0, 0], [width - 1, height - 1])
@@ -287,47 +295,92 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
             flux_model_err=flux_std[i].astype(np.float64) if flux_std is not None else np.full(len(flux), np.nan),
             edge=bool(edge[i]), masked=bool(masked[i]), refined=bool(refined[i]),
             zero_flux=bool(np.all(flux <= 0))))
-    parent_results = [_conserve(image, footprints, lab, members, children, config.conserve_flux)
+    boxes = parent_boxes(footprints)
+    parent_results = [_conserve(clean, footprints, boxes.get(int(lab)), lab, members, children,
+                                config.conserve_flux, config.keep_conserved_images)
                       for lab, members in zip(unique_labels, groups)]
     return children, parent_results
 
 
-def _conserve(image: np.ndarray, footprints: np.ndarray, label: int, members: np.ndarray,
-              children: list[Child], conserve: bool) -> Parent:
-    """Split the parent's observed flux among its children in proportion to their models."""
-    ys, xs = np.nonzero(footprints == label)
-    if len(ys) == 0:  # a parent with no footprint pixels: the children's stamps define it
-        x0 = min(children[i].origin[0] for i in members)
-        y0 = min(children[i].origin[1] for i in members)
-        size = children[members[0]].model.shape[-1]
-        x1 = max(children[i].origin[0] for i in members) + size
-        y1 = max(children[i].origin[1] for i in members) + size
-        x0, y0 = max(x0, 0), max(y0, 0)
-        x1, y1 = min(x1, image.shape[-1]), min(y1, image.shape[-2])
-        inside = np.zeros((y1 - y0, x1 - x0), dtype=bool)
-    else:
-        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-        inside = footprints[y0:y1, x0:x1] == label
-    bbox = (int(x0), int(y0), int(x1), int(y1))
-    observed = image[:, y0:y1, x0:x1] * inside
-    flux = observed.sum(axis=(1, 2), dtype=np.float64)
-    if not conserve:
-        return Parent(label=int(label), bbox=bbox, children=list(map(int, members)), conserved=None, flux=flux)
-    placed = np.zeros((len(members), image.shape[0], y1 - y0, x1 - x0), dtype=np.float32)
-    for k, i in enumerate(members):
-        child = children[i]
-        center = (child.center[0] - x0, child.center[1] - y0)
-        paste_stamp(placed[k], np.clip(child.model, 0, None), center)
+def conserve_flux(image: np.ndarray, footprint: np.ndarray, models: list[np.ndarray] | np.ndarray,
+                  centers: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+    """Split a parent's observed flux among its children in proportion to their models.
+
+    Parameters
+    ----------
+    image : `numpy.ndarray` (bands, h, w)
+        Observed image over the parent's box.
+    footprint : `numpy.ndarray` (h, w) of `bool`
+        The parent's footprint over the same box.
+    models : sequence of `numpy.ndarray` (bands, s, s)
+        Each child's model stamp (negative pixels count as zero).
+    centers : `numpy.ndarray` (n, 2) of `int`
+        Pixel (x, y), relative to the box, on which each model stamp is centred.
+    peaks : `numpy.ndarray` (n, 2)
+        Each child's peak (x, y) relative to the box: pixels no model reaches go to the nearest peak.
+
+    Returns
+    -------
+    children : `numpy.ndarray` (n, bands, h, w), float32
+        Each child's share of the observed image, zero outside the footprint; their sum is
+        ``image * footprint`` exactly.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    footprint = np.asarray(footprint, dtype=bool)
+    n = len(models)
+    placed = np.zeros((n,) + image.shape, dtype=np.float32)
+    if n == 0:
+        return placed
+    for k in range(n):
+        paste_stamp(placed[k], np.clip(models[k], 0, None), (int(centers[k][0]), int(centers[k][1])))
     total = placed.sum(axis=0)
-    # Pixels that no model reaches go to the nearest peak.
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    peaks = np.array([children[i].peak for i in members])
+    h, w = image.shape[-2:]
+    yy, xx = np.mgrid[:h, :w]
+    peaks = np.asarray(peaks, dtype=np.float64).reshape(n, 2)
     nearest = np.argmin((xx[None] - peaks[:, 0, None, None]) ** 2 + (yy[None] - peaks[:, 1, None, None]) ** 2,
                         axis=0)
-    fallback = (np.arange(len(members))[:, None, None] == nearest[None]).astype(np.float32)
+    fallback = (np.arange(n)[:, None, None] == nearest[None]).astype(np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         weights = np.where(total[None] > 0, placed / total[None], fallback[:, None])
-    conserved = (weights * observed[None]).astype(np.float32)
-    for k, i in enumerate(members):
-        children[i].flux_conserved = conserved[k].sum(axis=(1, 2), dtype=np.float64)
-    return Parent(label=int(label), bbox=bbox, children=list(map(int, members)), conserved=conserved, flux=flux)
+    return (weights * (image * footprint)[None]).astype(np.float32)
+
+
+def parent_boxes(footprints: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
+    """Bounding box (x0, y0, x1, y1; exclusive ends) of every label > 0 of a label image, in one pass."""
+    ys, xs = np.nonzero(footprints)
+    if len(ys) == 0:
+        return {}
+    labels = footprints[ys, xs]
+    order = np.argsort(labels, kind="stable")
+    labels, ys, xs = labels[order], ys[order], xs[order]
+    starts = np.flatnonzero(np.concatenate([[True], labels[1:] != labels[:-1]]))
+    boxes = zip(labels[starts], np.minimum.reduceat(xs, starts), np.minimum.reduceat(ys, starts),
+                np.maximum.reduceat(xs, starts) + 1, np.maximum.reduceat(ys, starts) + 1)
+    return {int(lab): (int(x0), int(y0), int(x1), int(y1)) for lab, x0, y0, x1, y1 in boxes}
+
+
+def _conserve(image: np.ndarray, footprints: np.ndarray, box: tuple[int, int, int, int] | None, label: int,
+              members: np.ndarray, children: list[Child], conserve: bool, keep_images: bool) -> Parent:
+    """The parent's result: its box, observed flux and (with ``conserve``) its children's shares."""
+    if box is None:  # a parent with no footprint pixels: the children's stamps define its box
+        size = children[members[0]].model.shape[-1]
+        x0 = max(min(children[i].origin[0] for i in members), 0)
+        y0 = max(min(children[i].origin[1] for i in members), 0)
+        x1 = min(max(children[i].origin[0] for i in members) + size, image.shape[-1])
+        y1 = min(max(children[i].origin[1] for i in members) + size, image.shape[-2])
+        box = (x0, y0, x1, y1)
+    x0, y0, x1, y1 = box
+    inside = footprints[y0:y1, x0:x1] == label
+    observed = image[:, y0:y1, x0:x1] * inside
+    flux = observed.sum(axis=(1, 2), dtype=np.float64)
+    result = Parent(label=int(label), bbox=box, children=list(map(int, members)), conserved=None, flux=flux)
+    if conserve:
+        conserved = conserve_flux(image[:, y0:y1, x0:x1], inside, [children[i].model for i in members],
+                                  np.array([(children[i].center[0] - x0, children[i].center[1] - y0)
+                                            for i in members]),
+                                  np.array([children[i].peak for i in members]) - [x0, y0])
+        for k, i in enumerate(members):
+            children[i].flux_conserved = conserved[k].sum(axis=(1, 2), dtype=np.float64)
+        if keep_images:
+            result.conserved = conserved
+    return result

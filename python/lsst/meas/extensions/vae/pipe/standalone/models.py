@@ -177,7 +177,8 @@ def read_model_data(path: str | Path, parents: list[int] | None = None) -> VaeMo
         version = f.attrs.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"{path} is not VAE model data of format {FORMAT_VERSION} (found {version!r}).")
-        data = VaeModelData(bands=tuple(json.loads(f.attrs["bands"])), metadata=json.loads(f.attrs["metadata"]))
+        data = VaeModelData(bands=tuple(json.loads(f.attrs["bands"])),
+                            metadata=json.loads(f.attrs["metadata"]))
         wanted = None if parents is None else {str(int(p)) for p in parents}
         for key, group in f["blends"].items():
             if wanted is not None and key not in wanted:

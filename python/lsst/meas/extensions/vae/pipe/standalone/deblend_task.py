@@ -1,0 +1,487 @@
+"""``deblendCoaddFootprints``: the VAE deblender on a coadd patch (standalone, no afw).
+
+A thin edge around the core: gather the patch's coadds (in the network's band order), the parents, their
+peaks and footprints; decide which parents to deblend (limits as scarlet's task: too many peaks, too
+large, mostly masked, isolated with ``processSingles`` off); call
+`lsst.meas.extensions.vae.deblend.field.deblend_field` once on all of them, so that stamps of different
+parents share network batches; turn the results into catalogues and model data.
+
+Every parent that goes in comes out in ``object_parent_patch``: deblended (``deblend_nChild`` > 0, or an
+isolated source that was modelled), or flagged (``deblend_skipped*``, ``deblend_failed`` with
+``deblend_error``).  When the batched call raises and ``catchFailures`` is set, parents are deblended one
+by one on cutouts and only those that raise are flagged.  A parent whose models are not finite is flagged
+as failed too.
+
+Objects (``object_deblend``): children of deblended blends (new ids, ``parent`` = parent id) and isolated
+sources (``id`` = parent id, ``parent`` = 0; modelled or not).  Skipped and failed blends give no object
+rows.  ``deblend_runtime`` of a batched parent is the batch's time shared in proportion to its peaks.
+"""
+
+from __future__ import annotations
+
+__all__ = ["VaeDeblendConnections", "VaeDeblendConfig", "VaeDeblendTask"]
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+from lsst.pex.config import Field, ListField
+from lsst.pipe.base import (InputQuantizedConnection, OutputQuantizedConnection, PipelineTask,
+                            PipelineTaskConfig, PipelineTaskConnections, QuantumContext, Struct)
+from lsst.pipe.base import connectionTypes as cT
+from lsst.utils.timer import timeMethod
+
+from ...deblend.field import Child, DeblendConfig, Parent, deblend_field
+from .coadd import Coadd, FootprintImage
+from .detection import footprint_boxes
+from .detect_task import BAND_DIMENSIONS, PATCH_DIMENSIONS
+from .models import BlendModel, ChildModel, VaeModelData
+
+# Parent flag columns, in a fixed order (object_parent_patch of every patch is stacked downstream).
+PARENT_FLAGS = ("deblend_skipped", "deblend_skipped_isolatedParent", "deblend_skipped_tooManyPeaks",
+                "deblend_skipped_parentTooBig", "deblend_skipped_masked", "deblend_failed")
+CHILD_FLAGS = ("deblend_edgePixels", "deblend_masked", "deblend_refined", "deblend_zeroFlux")
+
+
+class VaeDeblendConnections(PipelineTaskConnections, dimensions=PATCH_DIMENSIONS):
+    coadds = cT.Input(
+        doc="Coadd of each band of the patch.",
+        name="deep_coadd",
+        storageClass="VaeCoadd",
+        dimensions=BAND_DIMENSIONS,
+        multiple=True,
+    )
+    mergedDetections = cT.Input(
+        doc="Parents from detection.",
+        name="object_detection_merged",
+        storageClass="ArrowAstropy",
+        dimensions=PATCH_DIMENSIONS,
+    )
+    peaks = cT.Input(
+        doc="Peaks of the parents.",
+        name="object_detection_peaks",
+        storageClass="ArrowAstropy",
+        dimensions=PATCH_DIMENSIONS,
+    )
+    footprints = cT.Input(
+        doc="Footprints of the parents as a label image.",
+        name="object_detection_footprints",
+        storageClass="VaeFootprints",
+        dimensions=PATCH_DIMENSIONS,
+    )
+    deblendedCatalog = cT.Output(
+        doc="Deblended children and isolated sources (no parents), sorted by id.",
+        name="object_deblend",
+        storageClass="ArrowAstropy",
+        dimensions=PATCH_DIMENSIONS,
+    )
+    objectParents = cT.Output(
+        doc="Every input parent with its deblending flags.",
+        name="object_parent_patch",
+        storageClass="ArrowAstropy",
+        dimensions=PATCH_DIMENSIONS,
+    )
+    vaeModelData = cT.Output(
+        doc="Per-band model of every child, by parent.",
+        name="object_vae_models",
+        storageClass="VaeModelData",
+        dimensions=PATCH_DIMENSIONS,
+    )
+
+
+class VaeDeblendConfig(PipelineTaskConfig, pipelineConnections=VaeDeblendConnections):
+    weights = Field[str](doc="Shipped weights name (e.g. 'lsst') or a .safetensors path.", default="lsst")
+    device = Field[str](doc="Torch device ('cpu', 'cuda', ...); empty: the GPU when there is one.",
+                        default="")
+    batchSize = Field[int](doc="Stamps per network call.", default=256)
+    numThreads = Field[int](doc="Torch CPU threads; 0 leaves torch's default.", default=0)
+    iterations = Field[int](
+        doc="Passes over the peaks: 1 = brightest-first only; each further pass re-models every galaxy "
+            "on the image minus all the other models.", default=2)
+    doRefineCentroids = Field[bool](doc="Re-centre stamps on the models' light centroids.", default=True)
+    maxCentroidShift = Field[float](doc="Largest centroid correction, pixels.", default=3.0)
+    doConserveFlux = Field[bool](
+        doc="Split each parent's observed flux among its children (deblend_conservedFlux_*).", default=True)
+    maxNeighbours = Field[int](doc="Most neighbour peaks given to the network per stamp.", default=8)
+    maxNumberOfPeaks = Field[int](
+        doc="Skip parents with more peaks than this (0: no limit).", default=600)
+    maxFootprintArea = Field[float](
+        doc="Skip parents whose footprint covers more pixels than this (0: no limit).", default=2e6)
+    maxMaskedFraction = Field[float](
+        doc="Skip parents with a larger fraction of their footprint in badMask pixels.", default=0.5)
+    badMask = ListField[str](
+        doc="Mask planes of pixels that are zeroed in the network input.",
+        default=["BAD", "CR", "NO_DATA", "SAT", "SUSPECT", "EDGE"])
+    processSingles = Field[bool](doc="Also model isolated sources (parents with one peak).", default=True)
+    catchFailures = Field[bool](
+        doc="Flag parents whose deblending raises (deblend_failed, deblend_error) and go on; "
+            "otherwise the exception stops the patch.", default=True)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_deblender(weights: str, device: str, batch_size: int) -> Any:
+    from ...deblend.network import VaeDeblender
+
+    return VaeDeblender(weights, device=device or None, batch_size=batch_size)
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """The deblending result of one parent (patch-pixel coordinates)."""
+
+    parent: Parent | None = None
+    children: list[Child] = dataclasses.field(default_factory=list)
+    error: str = ""
+    runtime_ms: float = 0.0
+
+
+class VaeDeblendTask(PipelineTask):
+    """Deblend every parent of a coadd patch with the VAE deblender.
+
+    Parameters
+    ----------
+    model : callable, optional
+        A stamp model with ``bands`` and ``stamp_size`` (a `VaeDeblender`), used instead of loading
+        ``config.weights`` (tests, notebooks).
+    **kwargs
+        As for `lsst.pipe.base.PipelineTask`.
+    """
+
+    ConfigClass = VaeDeblendConfig
+    _DefaultName = "deblendCoaddFootprints"
+    config: VaeDeblendConfig
+
+    def __init__(self, *, model: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._model = model
+
+    @property
+    def model(self) -> Any:
+        """The stamp model (loaded on first use)."""
+        if self._model is None:
+            if self.config.numThreads > 0:
+                import torch
+
+                torch.set_num_threads(self.config.numThreads)
+            self._model = _load_deblender(self.config.weights, self.config.device, self.config.batchSize)
+        return self._model
+
+    def runQuantum(self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection,
+                   outputRefs: OutputQuantizedConnection) -> None:
+        inputs = butlerQC.get(inputRefs)
+        outputs = self.run(**inputs)
+        butlerQC.put(outputs, outputRefs)
+
+    @timeMethod
+    def run(self, coadds: list[Coadd], mergedDetections: Table, peaks: Table,
+            footprints: FootprintImage) -> Struct:
+        """Deblend the parents of a patch.
+
+        Parameters
+        ----------
+        coadds : `list` [`Coadd`]
+            One per band (at least the network's bands), on one pixel grid.
+        mergedDetections : `astropy.table.Table`
+            Parents: ``id``, ``footprint_area`` (and whatever detection wrote).
+        peaks : `astropy.table.Table`
+            Peaks: ``id``, ``parent``, ``x``, ``y`` (patch pixels), brightest first within a parent.
+        footprints : `FootprintImage`
+            The parents' footprints.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``deblendedCatalog``, ``objectParents`` (`astropy.table.Table`) and ``vaeModelData``
+            (`VaeModelData`).
+        """
+        model = self.model
+        bands = tuple(model.bands)
+        image, variance, bad, bbox = self._gather(coadds, bands, footprints)
+        x0, y0 = bbox[0], bbox[1]
+        labels = footprints.labels
+        boxes, _ = footprint_boxes(labels, len(footprints.ids))  # by label - 1, array pixels
+        n = len(mergedDetections)
+        parent_ids = np.asarray(mergedDetections["id"], dtype=np.int64)
+        label_of = {int(pid): k + 1 for k, pid in enumerate(footprints.ids)}
+        missing = [int(pid) for pid in parent_ids if int(pid) not in label_of]
+        if missing:
+            raise ValueError(f"{len(missing)} parents have no footprint, e.g. {missing[0]}.")
+        parent_labels = np.array([label_of[int(pid)] for pid in parent_ids], dtype=np.int64)
+
+        # Peak rows grouped by parent (in the parents' order), detection order kept within a parent.
+        peak_parent = np.asarray(peaks["parent"], dtype=np.int64)
+        order = np.argsort(peak_parent, kind="stable")
+        lo = np.searchsorted(peak_parent[order], parent_ids, side="left")
+        hi = np.searchsorted(peak_parent[order], parent_ids, side="right")
+        members = {int(pid): order[a:b] for pid, a, b in zip(parent_ids, lo, hi)}
+        unknown = set(np.unique(peak_parent)) - set(parent_ids.tolist())
+        if unknown:
+            raise ValueError(f"Peaks of {len(unknown)} parents that detection does not list, "
+                             f"e.g. {min(unknown)}.")
+        peak_xy = np.stack([np.asarray(peaks["x"], dtype=np.float64) - x0,
+                            np.asarray(peaks["y"], dtype=np.float64) - y0], axis=1).reshape(-1, 2)
+        n_peaks = (hi - lo).astype(np.int64)
+        area = np.bincount(labels.ravel(), minlength=len(footprints.ids) + 1)[parent_labels]
+        masked_area = np.bincount(labels[bad], minlength=len(footprints.ids) + 1)[parent_labels]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            masked_fraction = np.where(area > 0, masked_area / np.maximum(area, 1), 0.0)
+        parent_flux = np.stack([np.bincount(labels.ravel(), weights=image[b].ravel(),
+                                            minlength=len(footprints.ids) + 1)[parent_labels]
+                                for b in range(len(bands))], axis=1) if n else np.zeros((0, len(bands)))
+
+        flags = {name: np.zeros(n, dtype=bool) for name in PARENT_FLAGS}
+        flags["deblend_skipped_tooManyPeaks"] = (self.config.maxNumberOfPeaks > 0) & \
+            (n_peaks > self.config.maxNumberOfPeaks)
+        flags["deblend_skipped_parentTooBig"] = (self.config.maxFootprintArea > 0) & \
+            (area > self.config.maxFootprintArea)
+        flags["deblend_skipped_masked"] = masked_fraction > self.config.maxMaskedFraction
+        isolated = n_peaks == 1
+        flags["deblend_skipped_isolatedParent"] = isolated & (not self.config.processSingles)
+        no_peaks = n_peaks == 0
+        if no_peaks.any():
+            self.log.warning("%d parents have no peak; they are skipped.", int(no_peaks.sum()))
+        skipped = (flags["deblend_skipped_tooManyPeaks"] | flags["deblend_skipped_parentTooBig"]
+                   | flags["deblend_skipped_masked"] | flags["deblend_skipped_isolatedParent"] | no_peaks)
+        flags["deblend_skipped"] = skipped
+        todo = np.flatnonzero(~skipped)
+
+        outcomes = self._deblend_all(image, bad, labels, boxes, parent_labels, members, peak_xy, todo)
+        for i, outcome in outcomes.items():
+            finite = all(np.isfinite(c.model).all() and np.isfinite(c.flux_conserved).all()
+                         for c in outcome.children)
+            if not outcome.error and not finite:
+                outcome.error = "NonFiniteModel"
+            if outcome.error:
+                flags["deblend_failed"][i] = True
+        n_failed = int(flags["deblend_failed"].sum())
+        self.log.info("Deblended %d of %d parents (%d skipped, %d failed) with %d peaks.",
+                      len(todo) - n_failed, n, int(skipped.sum()), n_failed, int(n_peaks[todo].sum()))
+
+        objects, blends, n_child = self._objects(bands, mergedDetections, peaks, labels, boxes, parent_labels,
+                                                 members, isolated, flags, outcomes, parent_flux, (x0, y0))
+        parents_out = self._parents(bands, mergedDetections, n_peaks, n_child, masked_fraction, flags,
+                                    outcomes, parent_flux)
+        metadata = {"weights": self.config.weights,
+                    "weights_sha256": getattr(model, "metadata", {}).get("sha256", ""),
+                    "stamp_size": int(model.stamp_size), "iterations": self.config.iterations,
+                    "doRefineCentroids": self.config.doRefineCentroids,
+                    "doConserveFlux": self.config.doConserveFlux, "bbox": list(bbox)}
+        return Struct(deblendedCatalog=objects, objectParents=parents_out,
+                      vaeModelData=VaeModelData(bands=bands, blends=blends, metadata=metadata))
+
+    def _gather(self, coadds: list[Coadd], bands: tuple[str, ...], footprints: FootprintImage
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+        """The (bands, h, w) image and variance in the network's band order, and the bad-pixel mask."""
+        by_band = {c.band: c for c in coadds}
+        missing = [b for b in bands if b not in by_band]
+        if missing:
+            raise ValueError(f"The network needs bands {''.join(bands)}; the patch lacks {''.join(missing)}.")
+        extra = sorted(set(by_band) - set(bands))
+        if extra:
+            self.log.info("Bands %s are not used by the network.", "".join(extra))
+        chosen = [by_band[b] for b in bands]
+        bbox = chosen[0].bbox
+        for coadd in chosen:
+            if coadd.bbox != bbox:
+                raise ValueError(f"Coadd {coadd.band} covers {coadd.bbox}, not {bbox}: the deblender needs "
+                                 "every band on one pixel grid.")
+        if footprints.bbox != bbox:
+            raise ValueError(f"Footprints cover {footprints.bbox}, the coadds {bbox}.")
+        bad = np.zeros(chosen[0].image.shape, dtype=bool)
+        for coadd in chosen:
+            bits = coadd.mask_bits(self.config.badMask)
+            if bits:
+                bad |= (coadd.mask & bits) != 0
+        image = np.stack([c.image for c in chosen])
+        finite = np.isfinite(image)
+        if not finite.all():
+            # NaN (e.g. NO_DATA) pixels would spread through residuals and conservation: zero them and
+            # treat them as masked.
+            nonfinite = ~finite.all(axis=0)
+            self.log.info("%d non-finite pixels are zeroed and masked.", int(nonfinite.sum()))
+            bad |= nonfinite
+            image = np.where(finite, image, 0.0).astype(np.float32)
+        return image, np.stack([c.variance for c in chosen]), bad, bbox
+
+    def _deblend_config(self) -> DeblendConfig:
+        return DeblendConfig(iterations=self.config.iterations,
+                             refine_centroids=self.config.doRefineCentroids,
+                             max_centroid_shift=self.config.maxCentroidShift,
+                             conserve_flux=self.config.doConserveFlux, n_samples=0)
+
+    @timeMethod
+    def _deblend_all(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
+                     parent_labels: np.ndarray,
+                     members: dict[int, np.ndarray], peak_xy: np.ndarray, todo: np.ndarray
+                     ) -> dict[int, _Outcome]:
+        """Deblend the parents ``todo`` (row indices) in one batched call; parent by parent on failure."""
+        if len(todo) == 0:
+            return {}
+        parent_ids = list(members)
+        rows = [members[parent_ids[i]] for i in todo]
+        peak_rows = np.concatenate(rows)
+        peak_labels = np.concatenate([np.full(len(r), parent_labels[i]) for r, i in zip(rows, todo)])
+        wanted = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
+        wanted[parent_labels[todo]] = True
+        start = time.perf_counter()
+        try:
+            children, parents = deblend_field(image, peak_xy[peak_rows], self.model, self.model.stamp_size,
+                                              parents=peak_labels,
+                                              footprints=np.where(wanted[labels], labels, 0), bad=bad,
+                                              config=self._deblend_config(),
+                                              max_neighbours=self.config.maxNeighbours)
+        except Exception as error:
+            if not self.config.catchFailures:
+                raise
+            self.log.warning("Batched deblending of %d parents failed (%s: %s); retrying parent by parent.",
+                             len(todo), type(error).__name__, error)
+            return {int(i): self._deblend_one(image, bad, labels, boxes[parent_labels[i] - 1],
+                                              int(parent_labels[i]), peak_xy[members[parent_ids[i]]])
+                    for i in todo}
+        elapsed_ms = 1e3 * (time.perf_counter() - start)
+        by_label = {p.label: p for p in parents}
+        outcomes = {}
+        total_peaks = len(peak_rows)
+        offset = 0
+        for r, i in zip(rows, todo):
+            outcomes[int(i)] = _Outcome(parent=by_label[int(parent_labels[i])],
+                                        children=children[offset: offset + len(r)],
+                                        runtime_ms=elapsed_ms * len(r) / total_peaks)
+            offset += len(r)
+        return outcomes
+
+    def _deblend_one(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, box: np.ndarray,
+                     label: int, peak_xy: np.ndarray) -> _Outcome:
+        """Deblend one parent on a cutout around its box; an exception is caught and reported."""
+        start = time.perf_counter()
+        margin = self.model.stamp_size // 2 + int(math.ceil(self.config.maxCentroidShift)) + 1
+        h, w = labels.shape
+        cx0, cy0 = max(int(box[0]) - margin, 0), max(int(box[1]) - margin, 0)
+        cx1, cy1 = min(int(box[2]) + margin, w), min(int(box[3]) + margin, h)
+        cut = (slice(cy0, cy1), slice(cx0, cx1))
+        try:
+            children, parents = deblend_field(
+                image[:, cut[0], cut[1]], peak_xy - [cx0, cy0], self.model, self.model.stamp_size,
+                parents=np.full(len(peak_xy), label), footprints=np.where(labels[cut] == label, label, 0),
+                bad=bad[cut], config=self._deblend_config(), max_neighbours=self.config.maxNeighbours)
+        except Exception as error:
+            self.log.warning("Deblending parent with footprint label %d failed: %s: %s", label,
+                             type(error).__name__, error)
+            return _Outcome(error=type(error).__name__, runtime_ms=1e3 * (time.perf_counter() - start))
+        shifted = [dataclasses.replace(c, peak=c.peak + [cx0, cy0],
+                                       center=(c.center[0] + cx0, c.center[1] + cy0),
+                                       origin=(c.origin[0] + cx0, c.origin[1] + cy0)) for c in children]
+        bx0, by0, bx1, by1 = parents[0].bbox
+        parent = dataclasses.replace(parents[0], bbox=(bx0 + cx0, by0 + cy0, bx1 + cx0, by1 + cy0))
+        return _Outcome(parent=parent, children=shifted, runtime_ms=1e3 * (time.perf_counter() - start))
+
+    def _objects(self, bands: tuple[str, ...], detections: Table, peaks: Table, labels: np.ndarray,
+                 boxes: np.ndarray, parent_labels: np.ndarray, members: dict[int, np.ndarray],
+                 isolated: np.ndarray,
+                 flags: dict[str, np.ndarray], outcomes: dict[int, _Outcome], parent_flux: np.ndarray,
+                 xy0: tuple[int, int]) -> tuple[Table, dict[int, BlendModel], np.ndarray]:
+        """The object catalogue, the model data and each parent's number of children."""
+        x0, y0 = xy0
+        parent_ids = np.asarray(detections["id"], dtype=np.int64)
+        next_id = int(parent_ids.max()) + 1 if len(parent_ids) else 1
+        peak_ids = np.asarray(peaks["id"], dtype=np.int64)
+        peak_x = np.asarray(peaks["x"], dtype=np.int64)
+        peak_y = np.asarray(peaks["y"], dtype=np.int64)
+        peak_snr = np.asarray(peaks["detection_snr"], dtype=np.float64) if "detection_snr" in peaks.colnames \
+            else np.full(len(peaks), np.nan)
+        rows: list[dict[str, Any]] = []
+        blends: dict[int, BlendModel] = {}
+        n_child = np.zeros(len(parent_ids), dtype=np.int32)
+        nan = np.full(len(bands), np.nan)
+        for i, pid in enumerate(parent_ids):
+            pid = int(pid)
+            outcome = outcomes.get(i)
+            deblended = outcome is not None and not outcome.error
+            if not (isolated[i] or deblended):
+                continue  # skipped or failed blends give no objects
+            label = int(parent_labels[i])
+            bx0, by0, bx1, by1 = (int(v) for v in boxes[label - 1])
+            blend = BlendModel(parent_id=pid, bbox=(bx0 + x0, by0 + y0, bx1 + x0, by1 + y0),
+                               footprint=labels[by0:by1, bx0:bx1] == label)
+            blends[pid] = blend
+            peak_rows = members[pid]
+            children = outcome.children if deblended else [None] * len(peak_rows)
+            if not isolated[i]:
+                n_child[i] = len(peak_rows)
+            for row, child in zip(peak_rows, children):
+                if isolated[i]:
+                    object_id, parent = pid, 0
+                else:
+                    object_id, parent = next_id, pid
+                    next_id += 1
+                record: dict[str, Any] = {
+                    "id": object_id, "parent": parent, "deblend_peakId": int(peak_ids[row]),
+                    "deblend_peak_center_x": int(peak_x[row]), "deblend_peak_center_y": int(peak_y[row]),
+                    "deblend_peak_snr": float(peak_snr[row]), "deblend_nChild": 0,
+                    "deblend_parentNPeaks": len(peak_rows),
+                    "deblend_parentNChild": 0 if isolated[i] else len(peak_rows),
+                    "deblend_modelled": child is not None,
+                }
+                if child is not None:
+                    record["deblend_center_x"] = child.center[0] + x0
+                    record["deblend_center_y"] = child.center[1] + y0
+                    model_flux, conserved = child.flux_model, child.flux_conserved
+                    values = (child.edge, child.masked, child.refined, child.zero_flux)
+                    for name, value in zip(CHILD_FLAGS, values):
+                        record[name] = bool(value)
+                    blend.children.append(ChildModel(id=object_id, peak_id=int(peak_ids[row]),
+                                                     origin=(child.origin[0] + x0, child.origin[1] + y0),
+                                                     peak=(float(peak_x[row]), float(peak_y[row])),
+                                                     model=child.model))
+                else:  # an isolated source kept as observed: all of its footprint's flux
+                    record["deblend_center_x"] = int(peak_x[row])
+                    record["deblend_center_y"] = int(peak_y[row])
+                    model_flux, conserved = nan, parent_flux[i]
+                    for name in CHILD_FLAGS:
+                        record[name] = False
+                for b, band in enumerate(bands):
+                    record[f"deblend_modelFlux_{band}"] = float(model_flux[b])
+                    record[f"deblend_conservedFlux_{band}"] = float(conserved[b])
+                rows.append(record)
+        columns = ["id", "parent", "deblend_peakId", "deblend_peak_center_x", "deblend_peak_center_y",
+                   "deblend_peak_snr", "deblend_center_x", "deblend_center_y", "deblend_nChild",
+                   "deblend_parentNPeaks", "deblend_parentNChild", "deblend_modelled", *CHILD_FLAGS,
+                   *[f"deblend_modelFlux_{b}" for b in bands], *[f"deblend_conservedFlux_{b}" for b in bands]]
+        dtypes = {"id": np.int64, "parent": np.int64, "deblend_peakId": np.int64, "deblend_modelled": bool,
+                  **{name: np.int32 for name in ("deblend_peak_center_x", "deblend_peak_center_y",
+                                                 "deblend_center_x", "deblend_center_y", "deblend_nChild",
+                                                 "deblend_parentNPeaks", "deblend_parentNChild")},
+                  **{name: bool for name in CHILD_FLAGS}}
+        table = Table({name: np.array([r[name] for r in rows], dtype=dtypes.get(name, np.float64))
+                       for name in columns})
+        table.sort("id")
+        return table, blends, n_child
+
+    def _parents(self, bands: tuple[str, ...], detections: Table, n_peaks: np.ndarray, n_child: np.ndarray,
+                 masked_fraction: np.ndarray, flags: dict[str, np.ndarray], outcomes: dict[int, _Outcome],
+                 parent_flux: np.ndarray) -> Table:
+        """The parents catalogue with its flags (fixed columns)."""
+        n = len(detections)
+        table = Table()
+        table["id"] = np.asarray(detections["id"], dtype=np.int64)
+        for name in ("tract", "patch", "x", "y", "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1",
+                     "footprint_area"):
+            if name in detections.colnames:
+                table[name] = detections[name]
+        table["deblend_nPeaks"] = n_peaks.astype(np.int32)
+        table["deblend_nChild"] = n_child
+        table["deblend_iterations"] = np.where([i in outcomes for i in range(n)], self.config.iterations, 0
+                                               ).astype(np.int32)
+        table["deblend_maskedFraction"] = masked_fraction.astype(np.float32)
+        for name in PARENT_FLAGS:
+            table[name] = flags[name]
+        done = [outcomes.get(i, _Outcome()) for i in range(n)]
+        table["deblend_error"] = np.array([o.error for o in done] if n else [], dtype=str)
+        table["deblend_runtime"] = np.array([o.runtime_ms for o in done], dtype=np.float64)
+        for b, band in enumerate(bands):
+            table[f"deblend_parentFlux_{band}"] = parent_flux[:, b] if n else np.zeros(0)
+        return table

@@ -1,0 +1,289 @@
+"""Multi-band detection on arrays: footprints and peaks of a patch (numpy and sep; no Rubin types).
+
+1. **Detection image.**  Each band is matched-filtered with its PSF; the bands are combined with
+   inverse-variance weights into one signal-to-noise image
+   ``nu = sum_b (I_b / V_b) * k_b / sqrt(sum_b (1 / V_b) * k_b**2)`` (``*``: convolution), which has
+   unit noise for independent pixels.  Masked and non-finite pixels get no weight.
+2. **Footprints.**  ``sep`` finds the connected regions above ``threshold`` (its own deblending off);
+   they are grown by ``grow_radius`` pixels (afw's ``nSigmaToGrow`` x PSF sigma) and regions that then
+   touch are merged, as afw merges overlapping grown footprints.  Each region is a parent.
+3. **Peaks.**  Local maxima of ``nu`` inside the footprints (over a (2 s + 1)^2 window, ``s =
+   min_separation``) above ``peak_threshold``; a maximum that does not stand ``min_prominence`` above
+   the lowest point on the straight line to a brighter one (a noise bump on a galaxy's wing) is
+   dropped.  Every footprint keeps at least its brightest pixel as a peak.  Peaks are merged across
+   bands by construction; ``band_snr`` says in which bands each peak is significant on its own.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Detections", "fft_convolve", "detection_snr", "grow_mask", "label_regions", "local_maxima",
+           "prominent_peaks", "footprint_boxes", "psf_sigma", "detect"]
+
+import dataclasses
+
+import numpy as np
+import sep
+
+from ...measure.shape import hsm_shape
+
+
+@dataclasses.dataclass
+class Detections:
+    """Footprints and peaks of one patch, in array pixel coordinates.
+
+    Attributes
+    ----------
+    labels : `numpy.ndarray` (h, w), int32
+        Footprint label of every pixel (0: none; 1..n).
+    bbox : `numpy.ndarray` (n, 4), int64
+        (x0, y0, x1, y1) of footprint ``k`` in row ``k - 1``, x1 and y1 exclusive.
+    area : `numpy.ndarray` (n,), int64
+        Pixels in each footprint.
+    peaks : `numpy.ndarray` (m, 2), int64
+        (x, y) of every peak, brightest first within each footprint.
+    peak_label : `numpy.ndarray` (m,), int32
+        Footprint label of each peak.
+    peak_snr : `numpy.ndarray` (m,)
+        Detection signal-to-noise at each peak.
+    band_snr : `numpy.ndarray` (m, bands)
+        Per-band matched-filter signal-to-noise at each peak.
+    snr : `numpy.ndarray` (h, w)
+        The detection signal-to-noise image.
+    """
+
+    labels: np.ndarray
+    bbox: np.ndarray
+    area: np.ndarray
+    peaks: np.ndarray
+    peak_label: np.ndarray
+    peak_snr: np.ndarray
+    band_snr: np.ndarray
+    snr: np.ndarray
+
+    @property
+    def n_footprints(self) -> int:
+        return len(self.bbox)
+
+
+def fft_convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Convolve a 2-d image with an odd-sided kernel centred on its central pixel (zero padding).
+
+    Returns an array of the image's shape.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    kernel = np.asarray(kernel, dtype=np.float64)
+    kh, kw = kernel.shape
+    shape = (image.shape[0] + kh - 1, image.shape[1] + kw - 1)
+    out = np.fft.irfft2(np.fft.rfft2(image, shape) * np.fft.rfft2(kernel, shape), shape)
+    return out[kh // 2: kh // 2 + image.shape[0], kw // 2: kw // 2 + image.shape[1]]
+
+
+def _weights(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | None) -> np.ndarray:
+    good = np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+    if bad is not None:
+        good &= ~bad
+    with np.errstate(divide="ignore"):
+        return np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
+
+
+def detection_snr(images: np.ndarray, variances: np.ndarray, psfs: list[np.ndarray] | np.ndarray,
+                  bad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Matched-filter signal-to-noise images, combined over bands and per band.
+
+    Parameters
+    ----------
+    images, variances : `numpy.ndarray` (bands, h, w)
+        Background-subtracted images and their variance.
+    psfs : sequence of `numpy.ndarray`
+        PSF of each band (odd side, unit sum).
+    bad : `numpy.ndarray` (h, w) of `bool`, optional
+        Pixels to give no weight.
+
+    Returns
+    -------
+    snr : `numpy.ndarray` (h, w)
+        Combined detection image (0 where no band has weight).
+    band_snr : `numpy.ndarray` (bands, h, w)
+    """
+    signal = np.zeros(images.shape[-2:])
+    noise = np.zeros(images.shape[-2:])
+    band_snr = np.zeros(images.shape, dtype=np.float32)
+    for b in range(images.shape[0]):
+        weight = _weights(images[b], variances[b], bad)
+        kernel = np.asarray(psfs[b], dtype=np.float64)
+        kernel = kernel / kernel.sum()
+        image = np.where(weight > 0, images[b], 0.0)
+        filtered = fft_convolve(image * weight, kernel)
+        filtered_weight = fft_convolve(weight, kernel**2)
+        signal += filtered
+        noise += filtered_weight
+        var_b = fft_convolve(np.where(weight > 0, variances[b], 0.0), kernel**2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            band_snr[b] = np.where(var_b > 1e-12 * var_b.max(initial=0.0),
+                                   fft_convolve(image, kernel) / np.sqrt(np.abs(var_b)), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(noise > 1e-12 * noise.max(initial=0.0), signal / np.sqrt(np.abs(noise)), 0.0)
+    return snr, band_snr
+
+
+def grow_mask(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Dilate a boolean image by a disk of ``radius`` pixels."""
+    mask = np.asarray(mask, dtype=bool)
+    r = int(np.floor(radius))
+    if r <= 0:
+        return mask.copy()
+    out = mask.copy()
+    h, w = mask.shape
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if (dx or dy) and dx * dx + dy * dy <= radius * radius:
+                out[max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] |= \
+                    mask[max(-dy, 0): h + min(-dy, 0), max(-dx, 0): w + min(-dx, 0)]
+    return out
+
+
+def label_regions(mask: np.ndarray) -> np.ndarray:
+    """Label the 8-connected regions of a boolean image 1..n (0: background), numbered as ``sep`` finds
+    them."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=np.int32)
+    sep.set_extract_pixstack(max(300_000, 2 * mask.size))
+    _, segmentation = sep.extract(mask.astype(np.float32), 0.5, minarea=1, filter_kernel=None,
+                                  deblend_cont=1.0, clean=False, segmentation_map=True)
+    # Make the labels contiguous whatever sep returns.
+    _, inverse = np.unique(segmentation, return_inverse=True)
+    inverse = inverse.reshape(segmentation.shape)
+    return (inverse if segmentation.min() == 0 else inverse + 1).astype(np.int32)
+
+
+def local_maxima(image: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels equal to the maximum of their (2 radius + 1)^2 neighbourhood, as a boolean image."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    radius = max(int(radius), 1)
+    padded = np.pad(image, radius, mode="constant", constant_values=-np.inf)
+    rows = sliding_window_view(padded, 2 * radius + 1, axis=1).max(axis=-1)
+    window_max = sliding_window_view(rows, 2 * radius + 1, axis=0).max(axis=-1)
+    return image >= window_max
+
+
+def _line_minimum(image: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    n = int(max(abs(b[0] - a[0]), abs(b[1] - a[1]))) + 1
+    t = np.linspace(0.0, 1.0, max(n, 2))
+    xs = np.rint(a[0] + t * (b[0] - a[0])).astype(np.int64)
+    ys = np.rint(a[1] + t * (b[1] - a[1])).astype(np.int64)
+    return float(image[ys, xs].min())
+
+
+def prominent_peaks(image: np.ndarray, candidates: np.ndarray, min_prominence: float) -> np.ndarray:
+    """Which of one footprint's candidate peaks stand out (see the module docstring).
+
+    Parameters
+    ----------
+    image : `numpy.ndarray` (h, w)
+    candidates : `numpy.ndarray` (m, 2)
+        (x, y) of the candidates, brightest first.
+    min_prominence : `float`
+
+    Returns
+    -------
+    keep : `numpy.ndarray` (m,) of `bool`
+        The brightest is always kept.
+    """
+    values = image[candidates[:, 1], candidates[:, 0]]
+    keep = np.ones(len(candidates), dtype=bool)
+    for i in range(1, len(candidates)):
+        col = max(_line_minimum(image, candidates[i], candidates[j]) for j in range(i))
+        keep[i] = values[i] - col >= min_prominence
+    return keep
+
+
+def footprint_boxes(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (x0, y0, x1, y1; n x 4) and areas (n,) of labels 1..n."""
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs] - 1
+    big = np.iinfo(np.int64).max
+    x0 = np.full(n, big, dtype=np.int64)
+    y0 = np.full(n, big, dtype=np.int64)
+    x1 = np.full(n, -1, dtype=np.int64)
+    y1 = np.full(n, -1, dtype=np.int64)
+    np.minimum.at(x0, lab, xs)
+    np.minimum.at(y0, lab, ys)
+    np.maximum.at(x1, lab, xs + 1)
+    np.maximum.at(y1, lab, ys + 1)
+    area = np.bincount(lab, minlength=n).astype(np.int64)
+    return np.stack([x0, y0, x1, y1], axis=1), area
+
+
+def psf_sigma(psf: np.ndarray) -> float:
+    """Gaussian-equivalent sigma of a PSF image from adaptive moments (pixels); 1.5 if that fails."""
+    shape = hsm_shape(psf)
+    return 1.5 if shape.failed else float(shape.sigma)
+
+
+def detect(images: np.ndarray, variances: np.ndarray, psfs: list[np.ndarray] | np.ndarray,
+           bad: np.ndarray | None = None, threshold: float = 5.0, min_area: int = 5,
+           grow_radius: float = 3.0, peak_threshold: float = 5.0, min_separation: int = 2,
+           min_prominence: float = 2.0) -> Detections:
+    """Detect footprints and peaks on a multi-band patch (see the module docstring).
+
+    Parameters
+    ----------
+    images, variances : `numpy.ndarray` (bands, h, w)
+    psfs : sequence of `numpy.ndarray`
+    bad : `numpy.ndarray` (h, w) of `bool`, optional
+    threshold : `float`
+        Footprint threshold, detection signal-to-noise.
+    min_area : `int`
+        Smallest footprint before growing, pixels.
+    grow_radius : `float`
+        Footprint growth, pixels.
+    peak_threshold : `float`
+        Lowest peak, detection signal-to-noise.
+    min_separation : `int`
+        Half-side of the local-maximum window, pixels.
+    min_prominence : `float`
+        Lowest peak prominence, detection signal-to-noise.
+
+    Returns
+    -------
+    detections : `Detections`
+    """
+    images = np.asarray(images, dtype=np.float32)
+    variances = np.asarray(variances, dtype=np.float32)
+    snr, band_snr = detection_snr(images, variances, psfs, bad)
+    snr32 = np.ascontiguousarray(snr, dtype=np.float32)
+    sep.set_extract_pixstack(max(300_000, 2 * snr.size))
+    objects, segmentation = sep.extract(snr32, threshold, minarea=min_area, filter_kernel=None,
+                                        deblend_cont=1.0, clean=False, segmentation_map=True)
+    labels = label_regions(grow_mask(segmentation > 0, grow_radius))
+    n = int(labels.max())
+    bbox, area = footprint_boxes(labels, n)
+
+    is_max = local_maxima(snr, min_separation) & (labels > 0) & (snr >= peak_threshold)
+    ys, xs = np.nonzero(is_max)
+    cand_label = labels[ys, xs]
+    cand_value = snr[ys, xs]
+    peaks, peak_label = [], []
+    order = np.lexsort((-cand_value, cand_label))  # by label, brightest first
+    xs, ys, cand_label = xs[order], ys[order], cand_label[order]
+    starts = np.searchsorted(cand_label, np.arange(1, n + 2))
+    for k in range(1, n + 1):
+        lo, hi = starts[k - 1], starts[k]
+        if hi == lo:  # no maximum above the peak threshold: the brightest pixel
+            x0, y0, x1, y1 = bbox[k - 1]
+            sub = np.where(labels[y0:y1, x0:x1] == k, snr[y0:y1, x0:x1], -np.inf)
+            j, i = np.unravel_index(np.argmax(sub), sub.shape)
+            cand = np.array([[x0 + i, y0 + j]], dtype=np.int64)
+        else:
+            cand = np.stack([xs[lo:hi], ys[lo:hi]], axis=1).astype(np.int64)
+            cand = cand[prominent_peaks(snr, cand, min_prominence)]
+        peaks.append(cand)
+        peak_label.append(np.full(len(cand), k, dtype=np.int32))
+    peaks_arr = np.concatenate(peaks) if peaks else np.zeros((0, 2), dtype=np.int64)
+    labels_arr = np.concatenate(peak_label) if peak_label else np.zeros(0, dtype=np.int32)
+    return Detections(labels=labels, bbox=bbox, area=area, peaks=peaks_arr, peak_label=labels_arr,
+                      peak_snr=snr[peaks_arr[:, 1], peaks_arr[:, 0]].astype(np.float64),
+                      band_snr=band_snr[:, peaks_arr[:, 1], peaks_arr[:, 0]].T.astype(np.float64),
+                      snr=snr)

@@ -1,0 +1,569 @@
+"""The Rubin drop-in task: its array parts (everywhere) and the task itself (only where afw is).
+
+The first half needs numpy alone: cut-outs, the per-parent core call, the skip rules, the flux scale and
+the export of the core's children in scarlet's model-data layout, and the DRP pipeline file.  The second
+half runs `VaeDeblendCoaddTask` on a small synthetic patch with real afw footprints and rebuilds the
+HeavyFootprints with scarlet's own ``updateCatalogFootprints``; it is skipped where afw, meas_base or
+meas_extensions_scarlet are missing (PyPI-only environments).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lsst.meas.extensions.vae.deblend.field import DeblendConfig, deblend_field
+from lsst.meas.extensions.vae.pipe.rubin.blends import (
+    blend_box, deblend_blend, electrons_per_nanojansky, masked_fraction, skip_reason, stamp_margin,
+    touches_edge)
+from lsst.meas.extensions.vae.pipe.rubin.modelData import (
+    PSF_SIZE, crop_model, delta_psf, export_blend, model_metadata, trim_morph)
+
+REPO = Path(__file__).resolve().parents[1]
+STAMP = 15
+
+
+class GaussianModel:
+    """A stand-in for the network: a round Gaussian at the stamp centre, scaled to the central pixel."""
+
+    def __init__(self, sigma: float = 2.0):
+        self.sigma = sigma
+        self.stamp_size = STAMP
+
+    def __call__(self, stamps, neighbours, n_samples=0):
+        grid = np.arange(STAMP) - STAMP // 2
+        profile = np.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / (2 * self.sigma**2)).astype(np.float32)
+        peak = np.clip(stamps[:, :, STAMP // 2, STAMP // 2], 0, None)
+        return peak[:, :, None, None] * profile[None, None], None
+
+
+def gaussian_scene(shape=(40, 50), centres=((18, 20), (25, 22)), fluxes=((100.0, 50.0), (40.0, 80.0)),
+                   sigma=2.0):
+    """A two-band image of round Gaussians; centres (x, y)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = np.zeros((2,) + shape, dtype=np.float32)
+    for (x, y), flux in zip(centres, fluxes):
+        profile = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+        image += np.asarray(flux, dtype=np.float32)[:, None, None] * profile[None]
+    return image
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Array parts
+# ---------------------------------------------------------------------------------------------------------
+
+def test_delta_kernels_make_matching_a_no_op():
+    psf = delta_psf()
+    assert psf.shape == (PSF_SIZE, PSF_SIZE) and psf.sum() == 1 and psf[PSF_SIZE // 2, PSF_SIZE // 2] == 1
+    meta = model_metadata(("g", "r", "i"))
+    assert meta["bands"] == ("g", "r", "i")
+    assert meta["psf"].shape == (3, PSF_SIZE, PSF_SIZE) and meta["psf"].dtype == np.float32
+    for band_psf in meta["psf"]:
+        np.testing.assert_array_equal(band_psf, meta["model_psf"])
+    # The Fourier ratio scarlet uses to match the model PSF to each band's PSF is exactly 1.
+    ratio = np.fft.fft2(meta["psf"][0]) / np.fft.fft2(meta["model_psf"])
+    np.testing.assert_allclose(ratio, 1.0)
+    with pytest.raises(ValueError):
+        delta_psf(4)
+
+
+def test_crop_model_inside_partly_and_outside():
+    model = np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5)
+    cropped, origin = crop_model(model, (10, 20), (0, 0, 100, 100))
+    np.testing.assert_array_equal(cropped, model)
+    assert origin == (10, 20)
+    cropped, origin = crop_model(model, (10, 20), (12, 21, 100, 24))
+    np.testing.assert_array_equal(cropped, model[:, 1:4, 2:])
+    assert origin == (12, 21)
+    cropped, origin = crop_model(model, (10, 20), (30, 30, 40, 40))
+    assert cropped.shape == (2, 1, 1) and not cropped.any() and origin == (30, 30)
+
+
+def test_trim_morph_zeroes_and_crops_below_the_floor():
+    grid = np.arange(11) - 5
+    morph = np.exp(-(grid[:, None] ** 2 + grid[None] ** 2) / 4.0).astype(np.float32)
+    same, origin = trim_morph(morph, (100, 200), 0.0, (105, 205))
+    assert same is not None and origin == (100, 200)
+    np.testing.assert_array_equal(same, morph)
+    floor = float(np.exp(-9 / 4.0)) * 1.0001  # keeps the pixels within a radius of 3: a 5x5 box
+    trimmed, origin = trim_morph(morph, (100, 200), floor, (105, 205))
+    assert trimmed.shape == (5, 5) and origin == (103, 203)
+    np.testing.assert_array_equal(trimmed, np.where(morph >= floor, morph, 0)[3:8, 3:8])
+    empty, origin = trim_morph(morph, (100, 200), 2.0, (300, 205))
+    assert empty.shape == (1, 1) and not empty.any() and origin == (110, 205)
+
+
+def test_blend_box_and_margin():
+    config = DeblendConfig(max_centroid_shift=3.0)
+    assert stamp_margin(59, config) == 29 + 3 + 1
+    assert stamp_margin(59, DeblendConfig(refine_centroids=False)) == 30
+    assert blend_box((10, 20, 30, 40), 5, (100, 200)) == (5, 15, 35, 45)
+    assert blend_box((2, 3, 198, 99), 5, (100, 200)) == (0, 0, 200, 100)
+
+
+def test_deblend_blend_matches_the_whole_field_call_and_moves_to_the_image_frame():
+    image = gaussian_scene()
+    footprint = np.zeros(image.shape[1:], dtype=bool)
+    footprint[12:32, 13:29] = True
+    peaks = np.array([(20, 18), (22, 25)])
+    config = DeblendConfig(iterations=2)
+    whole_children, whole_parents = deblend_field(image, peaks, GaussianModel(), STAMP,
+                                                  footprints=footprint.astype(np.int32), config=config)
+    box = blend_box((13, 12, 29, 32), stamp_margin(STAMP, config), image.shape[1:])
+    x0, y0, x1, y1 = box
+    variance = np.ones_like(image)
+    result = deblend_blend(image[:, y0:y1, x0:x1], footprint[y0:y1, x0:x1], peaks - (x0, y0), GaussianModel(),
+                           STAMP, xy0=(x0, y0), variance=variance[:, y0:y1, x0:x1], config=config)
+    assert result.parent.bbox == whole_parents[0].bbox == (13, 12, 29, 32)
+    for cut, whole in zip(result.children, whole_children):
+        assert cut.origin == whole.origin and cut.center == whole.center
+        np.testing.assert_array_equal(cut.peak, whole.peak)
+        np.testing.assert_allclose(cut.model, whole.model, rtol=1e-6)
+        np.testing.assert_allclose(cut.flux_conserved, whole.flux_conserved, rtol=1e-6)
+    # Conservation: the children add up to the parent inside the footprint.
+    np.testing.assert_allclose(sum(c.flux_conserved for c in result.children), result.parent.flux, rtol=1e-5)
+    assert np.isfinite(result.chi2) and np.all(np.isfinite(result.child_chi2))
+    no_variance = deblend_blend(image[:, y0:y1, x0:x1], footprint[y0:y1, x0:x1], peaks - (x0, y0),
+                                GaussianModel(), STAMP, xy0=(x0, y0), config=config)
+    assert np.isnan(no_variance.chi2)
+    with pytest.raises(ValueError):
+        deblend_blend(image, footprint[:-1], peaks, GaussianModel(), STAMP)
+
+
+def test_export_blend_layout_reproduces_every_model():
+    image = gaussian_scene()
+    footprint = np.zeros(image.shape[1:], dtype=bool)
+    footprint[12:32, 13:29] = True
+    peaks = np.array([(20, 18), (22, 25)])
+    children, parents = deblend_field(image, peaks, GaussianModel(), STAMP,
+                                      footprints=footprint.astype(np.int32))
+    bbox = parents[0].bbox
+    x0, y0, x1, y1 = bbox
+    xy0 = (1000, 2000)
+    scale = np.array([2.0, 4.0])
+    blend = export_blend(children, bbox, footprint[y0:y1, x0:x1], [np.int64(11), 12], [np.int64(0), 1],
+                         blend_id=np.int64(7), xy0=xy0, scale=scale)
+    assert list(blend["children"]) == [7] and type(next(iter(blend["children"]))) is int
+    assert blend["metadata"]["origin"] == (y0 + 2000, x0 + 1000)
+    np.testing.assert_array_equal(blend["metadata"]["spans"], footprint[y0:y1, x0:x1])
+    child_blend = blend["children"][7]
+    assert child_blend["origin"] == (y0 + 2000, x0 + 1000) and child_blend["shape"] == (y1 - y0, x1 - x0)
+    assert list(child_blend["sources"]) == [11, 12]
+    for k, (child_id, source) in enumerate(child_blend["sources"].items()):
+        meta = source["metadata"]
+        assert meta == {"id": child_id, "peak_id": k}
+        assert all(type(v) is int for v in meta.values())
+        json.dumps(meta)
+        assert len(source["components"]) == 2
+        expected, (mx, my) = crop_model(np.clip(children[k].model, 0, None), children[k].origin, bbox)
+        for b, component in enumerate(source["components"]):
+            np.testing.assert_array_equal(component["spectrum"], np.eye(2, dtype=np.float32)[b])
+            assert component["origin"] == (my + 2000, mx + 1000)
+            assert component["peak"] == (int(peaks[k, 1]) + 2000, int(peaks[k, 0]) + 1000)
+            assert component["morph"].dtype == np.float32
+            np.testing.assert_allclose(component["morph"], expected[b] / scale[b], rtol=1e-6)
+            # Inside the parent box.
+            oy, ox = component["origin"]
+            h, w = component["morph"].shape
+            assert y0 + 2000 <= oy and oy + h <= y1 + 2000 and x0 + 1000 <= ox and ox + w <= x1 + 1000
+        # Summing spectrum x morph over the components gives back the whole multi-band model.
+        total = sum(c["spectrum"][:, None, None] * c["morph"][None] for c in source["components"])
+        np.testing.assert_allclose(total, expected / scale[:, None, None], rtol=1e-6)
+
+
+def test_export_blend_floor_trims_each_band():
+    image = gaussian_scene()
+    children, parents = deblend_field(image, np.array([(20, 18), (22, 25)]), GaussianModel(), STAMP)
+    bbox = (5, 5, 40, 38)
+    x0, y0, x1, y1 = bbox
+    spans = np.ones((y1 - y0, x1 - x0), dtype=bool)
+    floor = [5.0, 30.0]
+    blend = export_blend(children, bbox, spans, [1, 2], [0, 1], blend_id=1, floor=floor)
+    for k, source in enumerate(blend["children"][1]["sources"].values()):
+        full, (mx, my) = crop_model(np.clip(children[k].model, 0, None), children[k].origin, bbox)
+        for b, component in enumerate(source["components"]):
+            expected = np.where(full[b] >= floor[b], full[b], 0)
+            rebuilt = np.zeros_like(expected)
+            oy, ox = component["origin"]
+            h, w = component["morph"].shape
+            rebuilt[oy - my:oy - my + h, ox - mx:ox - mx + w] = component["morph"]
+            np.testing.assert_array_equal(rebuilt, expected)
+            assert component["morph"].size < full[b].size
+
+
+def test_export_blend_band_subset_and_conserved_images():
+    image = gaussian_scene()
+    footprint = np.zeros(image.shape[1:], dtype=bool)
+    footprint[12:32, 13:29] = True
+    children, parents = deblend_field(image, np.array([(20, 18), (22, 25)]), GaussianModel(), STAMP,
+                                      footprints=footprint.astype(np.int32))
+    bbox = parents[0].bbox
+    x0, y0, x1, y1 = bbox
+    blend = export_blend(children, bbox, footprint[y0:y1, x0:x1], [1, 2], [0, 1], blend_id=1,
+                         images=parents[0].conserved, band_index=[1])
+    sources = blend["children"][1]["sources"]
+    for k, source in enumerate(sources.values()):
+        (component,) = source["components"]
+        np.testing.assert_array_equal(component["spectrum"], [1.0])
+        assert component["origin"] == (y0, x0)
+        np.testing.assert_array_equal(component["morph"], parents[0].conserved[k, 1])
+    # The stored conserved images add up to the observed image in the footprint.
+    total = sum(s["components"][0]["morph"] for s in sources.values())
+    np.testing.assert_allclose(total, image[1, y0:y1, x0:x1] * footprint[y0:y1, x0:x1], rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError):
+        export_blend(children, bbox, footprint, [1, 2], [0, 1], blend_id=1)
+    with pytest.raises(ValueError):
+        export_blend(children, bbox, footprint[y0:y1, x0:x1], [1], [0, 1], blend_id=1)
+
+
+def test_skip_rules_follow_scarlets_order():
+    base = dict(n_peaks=3, bbox_area=100, bbox_size=10, is_pseudo=False, masked={}, max_peaks=600,
+                max_area=2_000_000, max_size=0, mask_limits={})
+    assert skip_reason(**base) is None
+    assert skip_reason(**{**base, "is_pseudo": True, "n_peaks": 1000}) == "deblend_skipped_isPseudo"
+    assert skip_reason(**{**base, "bbox_area": 3_000_000, "n_peaks": 1000}) == "deblend_skipped_parentTooBig"
+    assert skip_reason(**{**base, "bbox_size": 50, "max_size": 40}) == "deblend_skipped_parentTooBig"
+    assert skip_reason(**{**base, "max_area_times_peaks": 299}) == "deblend_skipped_parentTooBig"
+    assert skip_reason(**{**base, "max_area_times_peaks": 300}) is None
+    assert skip_reason(**{**base, "masked": {"SAT": 0.5}, "mask_limits": {"SAT": 0.1}, "n_peaks": 1000}) \
+        == "deblend_skipped_masked"
+    assert skip_reason(**{**base, "masked": {"SAT": 0.05}, "mask_limits": {"SAT": 0.1}}) is None
+    assert skip_reason(**{**base, "n_peaks": 601}) == "deblend_skipped_tooManyPeaks"
+    assert skip_reason(**{**base, "n_peaks": 601, "max_peaks": 0, "max_area": 0, "bbox_area": 10**9}) is None
+    footprint = np.zeros((4, 4), bool)
+    footprint[:2] = True
+    masked = np.zeros((4, 4), bool)
+    masked[0, :2] = True
+    assert masked_fraction(footprint, masked) == 0.25
+    assert masked_fraction(np.zeros((2, 2), bool), masked[:2, :2]) == 0.0
+
+
+def test_touches_edge():
+    children, _ = deblend_field(gaussian_scene(), np.array([(20, 18)]), GaussianModel(), STAMP)
+    child = children[0]
+    assert not touches_edge(child, (0, 0, 50, 40))  # the box holds the whole stamp
+    assert touches_edge(child, (15, 10, 25, 30))  # the Gaussian crosses x = 15 and x = 24
+    child.edge = True
+    assert touches_edge(child, (0, 0, 50, 40))
+
+
+def test_electrons_per_nanojansky_matches_the_training_zero_points():
+    from lsst.meas.extensions.vae.surveys import get_survey
+
+    scale = electrons_per_nanojansky(["u", "g", "r", "i", "z", "y"])
+    assert scale.shape == (6,) and np.all(scale > 0)
+    survey = get_survey("lsst")
+    for band, factor in zip("ugrizy", scale):
+        # A 24th-magnitude source: 10**(0.4 * (31.4 - 24)) nJy, and the survey's electrons for it.
+        nanojansky = 10 ** (0.4 * (31.4 - 24.0))
+        np.testing.assert_allclose(nanojansky * factor, survey.band(band).mag_to_electrons(24.0), rtol=1e-12)
+
+
+def test_package_imports_without_afw():
+    code = ("import sys, lsst.meas.extensions.vae.pipe.rubin as r; "
+            "print(any(m.startswith(('lsst.afw', 'lsst.scarlet', 'torch')) for m in sys.modules)); "
+            "print('VaeDeblendCoaddTask' in dir(r))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_drp_pipeline_swaps_the_deblender_class_and_restates_the_overrides():
+    pipeline = yaml.safe_load((REPO / "pipelines" / "DRP-vae.yaml").read_text())
+    assert pipeline["imports"] == [{"location": "$DRP_PIPE_DIR/pipelines/LSSTCam/DRP.yaml"}]
+    assert list(pipeline["tasks"]) == ["deblendCoaddFootprints"]
+    task = pipeline["tasks"]["deblendCoaddFootprints"]
+    # The package-level lazy name of lsst.meas.extensions.vae.pipe.rubin.deblendTask.VaeDeblendCoaddTask.
+    assert task["class"] == "lsst.meas.extensions.vae.VaeDeblendCoaddTask"
+    # Every override drp_pipe (a5ef3ba, pipelines/_ingredients/base-v2.yaml) sets on this label.
+    assert task["config"] == {
+        "useCellCoadds": "parameters.use_cell_coadds",
+        "idGenerator.release_id": "parameters.release_id",
+        "connections.inputSchema": "object_detection_merged_schema",
+        "connections.peakSchema": "object_detection_peak_schema",
+        "connections.mergedDetections": "object_detection_merged",
+        "connections.coadds": "deep_coadd",
+        "connections.coadds_cell": "deep_coadd_cell_predetection",
+        "connections.backgrounds": "deep_coadd_background",
+        "connections.outputSchema": "object_deblend_schema",
+        "connections.deblendedCatalog": "object_deblend",
+        "connections.scarletModelData": "object_scarlet_models",
+    }
+    module = REPO / "python/lsst/meas/extensions/vae/pipe/rubin/deblendTask.py"
+    assert "class VaeDeblendCoaddTask(pipeBase.PipelineTask)" in module.read_text()
+
+
+def test_drp_pipeline_resolves_with_pipe_base(tmp_path, monkeypatch):
+    """pipe_base's own parser: the re-declared label takes our class and drops the imported config."""
+    from lsst.pipe.base.pipelineIR import PipelineIR
+
+    drp = tmp_path / "pipelines" / "LSSTCam"
+    drp.mkdir(parents=True)
+    (drp / "DRP.yaml").write_text(yaml.safe_dump({
+        "description": "stand-in for drp_pipe's LSSTCam DRP",
+        "parameters": {"release_id": 0, "use_cell_coadds": True},
+        "tasks": {
+            "deblendCoaddFootprints": {
+                "class": "lsst.pipe.tasks.deblendCoaddSourcesPipeline.DeblendCoaddSourcesMultiTask",
+                "config": {"multibandDeblend.maxIter": 10, "connections.coadds": "deep_coadd"}},
+            "measureObjectUnforced": {"class": "lsst.pipe.tasks.multiBand.MeasureMergedCoaddSourcesTask"}},
+        "subsets": {"stage3-coadd": ["deblendCoaddFootprints", "measureObjectUnforced"]},
+    }))
+    monkeypatch.setenv("DRP_PIPE_DIR", str(tmp_path))
+    ir = PipelineIR.from_uri(str(REPO / "pipelines" / "DRP-vae.yaml"))
+    task = ir.tasks["deblendCoaddFootprints"]
+    assert task.klass == "lsst.meas.extensions.vae.VaeDeblendCoaddTask"
+    overrides = {k: v for block in task.config for k, v in block.rest.items()}
+    assert "multibandDeblend.maxIter" not in overrides
+    assert overrides["connections.scarletModelData"] == "object_scarlet_models"
+    assert dict(ir.parameters.mapping) == {"release_id": 0, "use_cell_coadds": True}
+    assert "deblendCoaddFootprints" in ir.labeled_subsets["stage3-coadd"].subset
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The task (Rubin stack only)
+# ---------------------------------------------------------------------------------------------------------
+
+STACK = all(importlib.util.find_spec(name) is not None for name in
+            ("lsst.afw", "lsst.meas.base", "lsst.meas.extensions.scarlet", "lsst.scarlet.lite"))
+stack = pytest.mark.skipif(not STACK,
+                           reason="afw, meas_base and meas_extensions_scarlet are Rubin-stack only")
+
+XY0 = (1000, 2000)
+SHAPE = (90, 120)  # height, width
+
+
+def _schemas():
+    import lsst.afw.detection as afwDet
+    import lsst.afw.table as afwTable
+
+    schema = afwTable.SourceTable.makeMinimalSchema()
+    schema.addField("merge_footprint_r", type="Flag", doc="detected in r")
+    peakSchema = afwDet.PeakTable.makeMinimalSchema()
+    peakSchema.addField("merge_peak_sky", type="Flag", doc="sky object")
+    peakSchema.addField("merge_peak_r", type="Flag", doc="peak in r")
+    return schema, peakSchema
+
+
+def _patch(bands):
+    """Coadds (nJy) of three galaxies, a lone galaxy, a sky object and a crowded parent, with the merged
+    detections as mergeDetections would write them."""
+    import lsst.afw.detection as afwDet
+    import lsst.afw.geom as afwGeom
+    import lsst.afw.image as afwImage
+    import lsst.afw.table as afwTable
+    import lsst.geom as geom
+
+    bbox = geom.Box2I(geom.Point2I(*XY0), geom.Extent2I(SHAPE[1], SHAPE[0]))
+    yy, xx = np.mgrid[: SHAPE[0], : SHAPE[1]] + np.array(XY0[::-1])[:, None, None]
+    galaxies = [(1030, 2030, 300.0), (1037, 2033, 200.0), (1090, 2060, 250.0), (1065, 2020, 0.0),
+                (1080, 2015, 150.0), (1084, 2018, 120.0), (1088, 2013, 100.0)]
+    rng = np.random.default_rng(1)
+    coadds = []
+    for k, band in enumerate(bands):
+        exposure = afwImage.ExposureF(bbox)
+        image = np.zeros(SHAPE, dtype=np.float32)
+        for x, y, flux in galaxies:
+            image += flux * (1 + 0.1 * k) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.5**2))
+        exposure.image.array[:] = image + rng.normal(0, 1.0, SHAPE)
+        exposure.variance.array[:] = 1.0
+        exposure.setPhotoCalib(afwImage.PhotoCalib(1.0))
+        coadds.append(exposure)
+
+    schema, peakSchema = _schemas()
+    table = afwTable.SourceTable.make(schema, afwTable.IdFactory.makeSimple())
+    catalog = afwTable.SourceCatalog(table)
+
+    def add(circles, sky=False):
+        spans = afwGeom.SpanSet()
+        for x, y, r in circles:
+            spans = spans.union(afwGeom.SpanSet.fromShape(r).shiftedBy(x, y))
+        footprint = afwDet.Footprint(spans.clippedTo(bbox), peakSchema)
+        for x, y, r in circles:
+            peak = footprint.addPeak(x, y, 1.0)
+            peak.set("merge_peak_sky", sky)
+            peak.set("merge_peak_r", True)
+        record = catalog.addNew()
+        record.setFootprint(footprint)
+        record.set("merge_footprint_r", True)
+        return record
+
+    add([(1030, 2030, 9), (1037, 2033, 9)])  # a blend of two
+    add([(1090, 2060, 8)])  # isolated
+    add([(1065, 2020, 4)], sky=True)  # sky object
+    add([(1080, 2015, 6), (1084, 2018, 6), (1088, 2013, 6)])  # three peaks
+    return coadds, catalog, afwTable.SourceCatalog(schema), afwDet.PeakCatalog(peakSchema)
+
+
+@pytest.fixture(scope="module")
+def stack_run():
+    if not STACK:
+        pytest.skip("Rubin stack only")
+    import lsst.afw.table as afwTable
+    from lsst.meas.extensions.vae.pipe.rubin.deblendTask import VaeDeblendCoaddConfig, VaeDeblendCoaddTask
+
+    config = VaeDeblendCoaddConfig()
+    config.device = "cpu"
+    config.maxNumberOfPeaks = 2  # the three-peak parent is skipped
+    task = VaeDeblendCoaddTask(initInputs=_initInputs(), config=config)
+    coadds, catalog, _, _ = _patch(list(task.model.bands))
+    result = task.run(coadds=coadds, bands=list(task.model.bands), mergedDetections=catalog,
+                      idFactory=afwTable.IdFactory.makeSimple())
+    return task, coadds, catalog, result
+
+
+def _initInputs():
+    import lsst.afw.detection as afwDet
+    import lsst.afw.table as afwTable
+
+    schema, peakSchema = _schemas()
+    return {"inputSchema": afwTable.SourceCatalog(schema), "peakSchema": afwDet.PeakCatalog(peakSchema)}
+
+
+@stack
+def test_connections_follow_use_cell_coadds():
+    from lsst.meas.extensions.vae.pipe.rubin.deblendTask import (VaeDeblendCoaddConfig,
+                                                                 VaeDeblendCoaddConnections)
+
+    config = VaeDeblendCoaddConfig()
+    connections = VaeDeblendCoaddConnections(config=config)
+    assert "coadds" in connections.inputs and "coadds_cell" not in connections.inputs
+    assert "backgrounds" not in connections.inputs and "deconvolvedCoadds" not in connections.inputs
+    assert connections.dimensions == {"tract", "patch", "skymap"}
+    config.useCellCoadds = True
+    connections = VaeDeblendCoaddConnections(config=config)
+    assert {"coadds_cell", "backgrounds"} <= connections.inputs and "coadds" not in connections.inputs
+    assert connections.outputs == {"deblendedCatalog", "scarletModelData", "objectParents"}
+    assert connections.scarletModelData.storageClass == "LsstScarletModelData"
+
+
+@stack
+def test_schema_has_scarlets_columns(stack_run):
+    task, *_ = stack_run
+    objects = task.objectSchema
+    for name, kind in [("deblend_peak_center_x", "I"), ("deblend_peak_center_y", "I"),
+                       ("deblend_nChild", "I"), ("deblend_peakId", "I"), ("deblend_peak_instFlux", "D"),
+                       ("deblend_scarletFlux", "F"), ("deblend_edgePixels", "Flag"),
+                       ("deblend_dataCoverage", "F"), ("deblend_zeroFlux", "Flag"),
+                       ("deblend_maxOverlap", "F"), ("deblend_fluxOverlap", "F"),
+                       ("deblend_fluxOverlapFraction", "F"), ("deblend_blendedness", "F"),
+                       ("deblend_blendId", "L"), ("deblend_blendNChild", "I"), ("deblend_parentNPeaks", "I"),
+                       ("deblend_parentNChild", "I"), ("deblend_nComponents", "I"), ("deblend_chi2", "F"),
+                       ("merge_peak_sky", "Flag"), ("merge_footprint_r", "Flag")]:
+        assert objects.find(name).field.getTypeString() == kind, name
+    parents = task.parentSchema
+    for name, kind in [("deblend_runtime", "F"), ("deblend_iterations", "I"), ("deblend_nChild", "I"),
+                       ("deblend_nPeaks", "I"), ("deblend_skipped", "Flag"),
+                       ("deblend_skipped_isolatedParent", "Flag"), ("deblend_skipped_isPseudo", "Flag"),
+                       ("deblend_skipped_tooManyPeaks", "Flag"), ("deblend_skipped_parentTooBig", "Flag"),
+                       ("deblend_skipped_masked", "Flag"), ("deblend_failed", "Flag"),
+                       ("deblend_childFailed", "Flag"), ("deblend_incompleteData", "Flag"),
+                       ("deblend_error", "String"), ("deblend_nComponents", "I"), ("deblend_chi2", "F"),
+                       ("merge_peak_sky", "Flag")]:
+        assert parents.find(name).field.getTypeString() == kind, name
+    assert parents.find("deblend_error").field.getSize() == 25
+    assert task.outputSchema.schema == task.objectSchema
+
+
+@stack
+def test_catalogs(stack_run):
+    task, coadds, catalog, result = stack_run
+    objects, parents = result.deblendedCatalog, result.objectParents
+    assert objects.isSorted() and len(set(objects["id"])) == len(objects)
+    assert list(parents["id"]) == list(catalog["id"])  # every parent comes out
+    blend, lone, sky, crowded = parents
+    assert blend["deblend_nChild"] == 2 and blend["deblend_nPeaks"] == 2 and blend["deblend_runtime"] > 0
+    assert lone["deblend_skipped_isolatedParent"] and not lone["deblend_skipped"]
+    assert sky["deblend_skipped_isPseudo"] and sky["merge_peak_sky"]
+    assert crowded["deblend_skipped"] and crowded["deblend_skipped_tooManyPeaks"]
+    assert not any(parents["deblend_failed"])
+    isolated = objects[objects["parent"] == 0]
+    assert sorted(isolated["id"]) == sorted([lone.getId(), sky.getId()])
+    for record in isolated:
+        assert record.getFootprint().getArea() == catalog.find(record.getId()).getFootprint().getArea()
+    children = objects[objects["parent"] != 0]
+    assert len(children) == 2 and set(children["parent"]) == {blend.getId()}
+    assert min(children["id"]) > max(catalog["id"])
+    assert set(children["deblend_blendId"]) == {blend.getId()} and set(children["deblend_blendNChild"]) == {2}
+    assert set(children["deblend_parentNPeaks"]) == {2} and all(children["merge_footprint_r"])
+    assert {(r["deblend_peak_center_x"], r["deblend_peak_center_y"]) for r in children} == {(1030, 2030),
+                                                                                           (1037, 2033)}
+    assert crowded.getId() not in set(objects["parent"])
+    mask = coadds[0].mask
+    bit = mask.getPlaneBitMask("NOT_DEBLENDED")
+    assert mask.array[2015 - XY0[1], 1080 - XY0[0]] & bit
+    assert not mask.array[2030 - XY0[1], 1030 - XY0[0]] & bit
+
+
+@stack
+def test_model_data_rebuilds_heavy_footprints(stack_run, tmp_path):
+    import lsst.afw.table as afwTable
+    from lsst.meas.extensions.scarlet.io import updateCatalogFootprints
+    from lsst.meas.extensions.scarlet.io.utils import read_scarlet_model, write_scarlet_model
+
+    task, coadds, catalog, result = stack_run
+    modelData = result.scarletModelData
+    blendId = catalog[0].getId()
+    assert set(modelData.blends) == {blendId}
+    assert set(modelData.isolated) == {catalog[1].getId(), catalog[2].getId()}
+    assert tuple(modelData.metadata["bands"]) == tuple(task.model.bands)
+    path = tmp_path / "models.scarlet"
+    write_scarlet_model(str(path), modelData)
+    for redistribute in (False, True):
+        data = read_scarlet_model(str(path))
+        for band, coadd in zip(task.model.bands, coadds):
+            objects = afwTable.SourceCatalog(result.deblendedCatalog.table.clone())
+            objects.extend(result.deblendedCatalog, deep=True)
+            updateCatalogFootprints(data, objects, band,
+                                    imageForRedistribution=coadd if redistribute else None,
+                                    removeScarletData=False, updateFluxColumns=True)
+            for record in objects[objects["parent"] != 0]:
+                heavy = record.getFootprint()
+                assert heavy.isHeavy() and heavy.getArea() > 0
+                peak = heavy.peaks[0]
+                assert (peak.getIx(), peak.getIy()) == (record["deblend_peak_center_x"],
+                                                        record["deblend_peak_center_y"])
+                assert np.isfinite(record["deblend_scarletFlux"]) and record["deblend_scarletFlux"] >= 0
+            if redistribute:
+                # The children split the parent's pixels: their fluxes add up to the image in the footprint.
+                parent = catalog[0].getFootprint()
+                total = sum(r.getFootprint().getImageArray().sum() for r in objects[objects["parent"] != 0])
+                observed = (coadd.image.array * parent.spans.asArray(
+                    (SHAPE[0], SHAPE[1]), XY0)).sum()
+                np.testing.assert_allclose(total, observed, rtol=0.02)
+
+
+@stack
+def test_failures_are_caught_per_parent():
+    import lsst.afw.table as afwTable
+    from lsst.meas.extensions.vae.pipe.rubin.deblendTask import VaeDeblendCoaddConfig, VaeDeblendCoaddTask
+
+    class Broken:
+        bands = ("g", "r")
+        stamp_size = STAMP
+
+        def __call__(self, stamps, neighbours, n_samples=0):
+            raise RuntimeError("broken network")
+
+    config = VaeDeblendCoaddConfig()
+    config.fluxScale = {"g": 1.0, "r": 1.0}
+    task = VaeDeblendCoaddTask(initInputs=_initInputs(), config=config)
+    task.model = Broken()
+    coadds, catalog, _, _ = _patch(["g", "r"])
+    result = task.run(coadds=coadds, bands=["g", "r"], mergedDetections=catalog,
+                      idFactory=afwTable.IdFactory.makeSimple())
+    blend = result.objectParents[0]
+    assert blend["deblend_failed"] and blend["deblend_error"] == "RuntimeError"
+    assert not (result.deblendedCatalog["parent"] != 0).any()
+    assert len(result.scarletModelData.blends) == 0
+    config.catchFailures = False
+    task = VaeDeblendCoaddTask(initInputs=_initInputs(), config=config)
+    task.model = Broken()
+    with pytest.raises(RuntimeError):
+        task.run(coadds=coadds, bands=["g", "r"], mergedDetections=catalog)
