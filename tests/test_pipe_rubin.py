@@ -1,7 +1,8 @@
 """The Rubin drop-in task: its array parts (everywhere) and the task itself (only where afw is).
 
-The first half needs numpy alone: cut-outs, the per-parent core call, the skip rules, the flux scale and
-the export of the core's children in scarlet's model-data layout, and the DRP pipeline file.  The second
+The first half needs no afw: cut-outs, the per-parent core call, the skip rules, the flux scale and
+the export of the core's children in scarlet's model-data layout, and the DRP pipeline file; the core
+runs the shipped network (``weights/lsst.safetensors``) on a simulated blend of two galaxies.  The second
 half runs `VaeDeblendCoaddTask` on a small synthetic patch with real afw footprints and rebuilds the
 HeavyFootprints with scarlet's own ``updateCatalogFootprints``; it is skipped where afw, meas_base or
 meas_extensions_scarlet are missing (PyPI-only environments).
@@ -27,32 +28,32 @@ from lsst.meas.extensions.vae.pipe.rubin.modelData import (
     PSF_SIZE, crop_model, delta_psf, export_blend, model_metadata, trim_morph)
 
 REPO = Path(__file__).resolve().parents[1]
-STAMP = 15
+
+# A blend of two simulated galaxies (x, y) in a cut-out wider than the stamps around them, and a box
+# footprint over both, (x0, y0, x1, y1).
+CENTRES = ((70, 65), (79, 71))
+SCENE_SHAPE = (130, 140)  # height, width
+BLEND_BOX = (58, 53, 92, 84)
 
 
-class GaussianModel:
-    """A stand-in for the network: a round Gaussian at the stamp centre, scaled to the central pixel."""
+@pytest.fixture(scope="module")
+def network():
+    from lsst.meas.extensions.vae.deblend.network import VaeDeblender
 
-    def __init__(self, sigma: float = 2.0):
-        self.sigma = sigma
-        self.stamp_size = STAMP
-
-    def __call__(self, stamps, neighbours, n_samples=0):
-        grid = np.arange(STAMP) - STAMP // 2
-        profile = np.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / (2 * self.sigma**2)).astype(np.float32)
-        peak = np.clip(stamps[:, :, STAMP // 2, STAMP // 2], 0, None)
-        return peak[:, :, None, None] * profile[None, None], None
+    return VaeDeblender("lsst", device="cpu")
 
 
-def gaussian_scene(shape=(40, 50), centres=((18, 20), (25, 22)), fluxes=((100.0, 50.0), (40.0, 80.0)),
-                   sigma=2.0):
-    """A two-band image of round Gaussians; centres (x, y)."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    image = np.zeros((2,) + shape, dtype=np.float32)
-    for (x, y), flux in zip(centres, fluxes):
-        profile = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
-        image += np.asarray(flux, dtype=np.float32)[:, None, None] * profile[None]
-    return image
+@pytest.fixture(scope="module")
+def scene():
+    """(image, variance) cubes (ugrizy, electrons) of two galaxies, the footprint and the peaks."""
+    from lsst.meas.extensions.vae.pipe.standalone.testing import simulated_coadds
+
+    coadds, _ = simulated_coadds(CENTRES, shape=SCENE_SHAPE, seed=3)
+    footprint = np.zeros(SCENE_SHAPE, dtype=bool)
+    x0, y0, x1, y1 = BLEND_BOX
+    footprint[y0:y1, x0:x1] = True
+    return (np.stack([c.image for c in coadds]), np.stack([c.variance for c in coadds]), footprint,
+            np.array(CENTRES))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -108,20 +109,18 @@ def test_blend_box_and_margin():
     assert blend_box((2, 3, 198, 99), 5, (100, 200)) == (0, 0, 200, 100)
 
 
-def test_deblend_blend_matches_the_whole_field_call_and_moves_to_the_image_frame():
-    image = gaussian_scene()
-    footprint = np.zeros(image.shape[1:], dtype=bool)
-    footprint[12:32, 13:29] = True
-    peaks = np.array([(20, 18), (22, 25)])
+def test_deblend_blend_matches_the_whole_field_call_and_moves_to_the_image_frame(network, scene):
+    image, variance, footprint, peaks = scene
+    stamp = network.stamp_size
     config = DeblendConfig(iterations=2)
-    whole_children, whole_parents = deblend_field(image, peaks, GaussianModel(), STAMP,
+    whole_children, whole_parents = deblend_field(image, peaks, network, stamp,
                                                   footprints=footprint.astype(np.int32), config=config)
-    box = blend_box((13, 12, 29, 32), stamp_margin(STAMP, config), image.shape[1:])
+    box = blend_box(BLEND_BOX, stamp_margin(stamp, config), image.shape[1:])
     x0, y0, x1, y1 = box
-    variance = np.ones_like(image)
-    result = deblend_blend(image[:, y0:y1, x0:x1], footprint[y0:y1, x0:x1], peaks - (x0, y0), GaussianModel(),
-                           STAMP, xy0=(x0, y0), variance=variance[:, y0:y1, x0:x1], config=config)
-    assert result.parent.bbox == whole_parents[0].bbox == (13, 12, 29, 32)
+    assert x0 > 0 and y0 > 0 and (x1, y1) != (SCENE_SHAPE[1], SCENE_SHAPE[0])  # a real cut-out
+    result = deblend_blend(image[:, y0:y1, x0:x1], footprint[y0:y1, x0:x1], peaks - (x0, y0), network,
+                           stamp, xy0=(x0, y0), variance=variance[:, y0:y1, x0:x1], config=config)
+    assert result.parent.bbox == whole_parents[0].bbox == BLEND_BOX
     for cut, whole in zip(result.children, whole_children):
         assert cut.origin == whole.origin and cut.center == whole.center
         np.testing.assert_array_equal(cut.peak, whole.peak)
@@ -129,25 +128,29 @@ def test_deblend_blend_matches_the_whole_field_call_and_moves_to_the_image_frame
         np.testing.assert_allclose(cut.flux_conserved, whole.flux_conserved, rtol=1e-6)
     # Conservation: the children add up to the parent inside the footprint.
     np.testing.assert_allclose(sum(c.flux_conserved for c in result.children), result.parent.flux, rtol=1e-5)
-    assert np.isfinite(result.chi2) and np.all(np.isfinite(result.child_chi2))
+    assert np.isfinite(result.chi2) and result.chi2 > 0 and np.all(np.isfinite(result.child_chi2))
+    # The network models both galaxies, on stamps within the centroid shift of their peaks.
+    for child, peak in zip(result.children, peaks):
+        assert np.isfinite(child.model).all() and np.all(child.flux_model > 0)
+        shift = max(abs(child.center[0] - peak[0]), abs(child.center[1] - peak[1]))
+        assert shift <= config.max_centroid_shift
+        assert child.origin == (child.center[0] - stamp // 2, child.center[1] - stamp // 2)
     no_variance = deblend_blend(image[:, y0:y1, x0:x1], footprint[y0:y1, x0:x1], peaks - (x0, y0),
-                                GaussianModel(), STAMP, xy0=(x0, y0), config=config)
+                                network, stamp, xy0=(x0, y0), config=config)
     assert np.isnan(no_variance.chi2)
     with pytest.raises(ValueError):
-        deblend_blend(image, footprint[:-1], peaks, GaussianModel(), STAMP)
+        deblend_blend(image, footprint[:-1], peaks, network, stamp)
 
 
-def test_export_blend_layout_reproduces_every_model():
-    image = gaussian_scene()
-    footprint = np.zeros(image.shape[1:], dtype=bool)
-    footprint[12:32, 13:29] = True
-    peaks = np.array([(20, 18), (22, 25)])
-    children, parents = deblend_field(image, peaks, GaussianModel(), STAMP,
+def test_export_blend_layout_reproduces_every_model(network, scene):
+    image, _, footprint, peaks = scene
+    children, parents = deblend_field(image, peaks, network, network.stamp_size,
                                       footprints=footprint.astype(np.int32))
     bbox = parents[0].bbox
     x0, y0, x1, y1 = bbox
     xy0 = (1000, 2000)
-    scale = np.array([2.0, 4.0])
+    n_bands = len(network.bands)
+    scale = np.array([2.0, 4.0, 0.5, 1.0, 3.0, 8.0])
     blend = export_blend(children, bbox, footprint[y0:y1, x0:x1], [np.int64(11), 12], [np.int64(0), 1],
                          blend_id=np.int64(7), xy0=xy0, scale=scale)
     assert list(blend["children"]) == [7] and type(next(iter(blend["children"]))) is int
@@ -161,10 +164,10 @@ def test_export_blend_layout_reproduces_every_model():
         assert meta == {"id": child_id, "peak_id": k}
         assert all(type(v) is int for v in meta.values())
         json.dumps(meta)
-        assert len(source["components"]) == 2
+        assert len(source["components"]) == n_bands
         expected, (mx, my) = crop_model(np.clip(children[k].model, 0, None), children[k].origin, bbox)
         for b, component in enumerate(source["components"]):
-            np.testing.assert_array_equal(component["spectrum"], np.eye(2, dtype=np.float32)[b])
+            np.testing.assert_array_equal(component["spectrum"], np.eye(n_bands, dtype=np.float32)[b])
             assert component["origin"] == (my + 2000, mx + 1000)
             assert component["peak"] == (int(peaks[k, 1]) + 2000, int(peaks[k, 0]) + 1000)
             assert component["morph"].dtype == np.float32
@@ -178,13 +181,15 @@ def test_export_blend_layout_reproduces_every_model():
         np.testing.assert_allclose(total, expected / scale[:, None, None], rtol=1e-6)
 
 
-def test_export_blend_floor_trims_each_band():
-    image = gaussian_scene()
-    children, parents = deblend_field(image, np.array([(20, 18), (22, 25)]), GaussianModel(), STAMP)
-    bbox = (5, 5, 40, 38)
+def test_export_blend_floor_trims_each_band(network, scene):
+    image, _, _, peaks = scene
+    children, parents = deblend_field(image, peaks, network, network.stamp_size)
+    bbox = (50, 45, 100, 92)
     x0, y0, x1, y1 = bbox
     spans = np.ones((y1 - y0, x1 - x0), dtype=bool)
-    floor = [5.0, 30.0]
+    # A different fraction of each band's brightest model pixel.
+    brightest = np.max([c.model.max(axis=(1, 2)) for c in children], axis=0)
+    floor = brightest * np.linspace(0.05, 0.3, len(brightest))
     blend = export_blend(children, bbox, spans, [1, 2], [0, 1], blend_id=1, floor=floor)
     for k, source in enumerate(blend["children"][1]["sources"].values()):
         full, (mx, my) = crop_model(np.clip(children[k].model, 0, None), children[k].origin, bbox)
@@ -198,11 +203,9 @@ def test_export_blend_floor_trims_each_band():
             assert component["morph"].size < full[b].size
 
 
-def test_export_blend_band_subset_and_conserved_images():
-    image = gaussian_scene()
-    footprint = np.zeros(image.shape[1:], dtype=bool)
-    footprint[12:32, 13:29] = True
-    children, parents = deblend_field(image, np.array([(20, 18), (22, 25)]), GaussianModel(), STAMP,
+def test_export_blend_band_subset_and_conserved_images(network, scene):
+    image, _, footprint, peaks = scene
+    children, parents = deblend_field(image, peaks, network, network.stamp_size,
                                       footprints=footprint.astype(np.int32))
     bbox = parents[0].bbox
     x0, y0, x1, y1 = bbox
@@ -245,13 +248,16 @@ def test_skip_rules_follow_scarlets_order():
     assert masked_fraction(np.zeros((2, 2), bool), masked[:2, :2]) == 0.0
 
 
-def test_touches_edge():
-    children, _ = deblend_field(gaussian_scene(), np.array([(20, 18)]), GaussianModel(), STAMP)
+def test_touches_edge(network, scene):
+    image, _, _, peaks = scene
+    children, _ = deblend_field(image, peaks[:1], network, network.stamp_size)
     child = children[0]
-    assert not touches_edge(child, (0, 0, 50, 40))  # the box holds the whole stamp
-    assert touches_edge(child, (15, 10, 25, 30))  # the Gaussian crosses x = 15 and x = 24
+    whole = (0, 0, SCENE_SHAPE[1], SCENE_SHAPE[0])
+    assert not child.edge and not touches_edge(child, whole)  # the box holds the whole stamp
+    x, y = child.center
+    assert touches_edge(child, (x - 3, y - 8, x + 5, y + 8))  # the galaxy crosses x - 3 and x + 4
     child.edge = True
-    assert touches_edge(child, (0, 0, 50, 40))
+    assert touches_edge(child, whole)
 
 
 def test_electrons_per_nanojansky_matches_the_training_zero_points():
@@ -541,29 +547,33 @@ def test_model_data_rebuilds_heavy_footprints(stack_run, tmp_path):
 
 @stack
 def test_failures_are_caught_per_parent():
+    """The real network, made to raise on the stamps of one blend (a spike at its brightest peak)."""
     import lsst.afw.table as afwTable
     from lsst.meas.extensions.vae.pipe.rubin.deblendTask import VaeDeblendCoaddConfig, VaeDeblendCoaddTask
+    from lsst.meas.extensions.vae.pipe.standalone.testing import FaultyModel
 
-    class Broken:
-        bands = ("g", "r")
-        stamp_size = STAMP
-
-        def __call__(self, stamps, neighbours, n_samples=0):
-            raise RuntimeError("broken network")
-
+    coadds, catalog, _, _ = _patch(["g", "r"])
+    spike = 20.0 * max(float(c.image.array.max()) for c in coadds)
+    for coadd in coadds:
+        coadd.image.array[2030 - XY0[1], 1030 - XY0[0]] += spike
     config = VaeDeblendCoaddConfig()
+    config.device = "cpu"
     config.fluxScale = {"g": 1.0, "r": 1.0}
     task = VaeDeblendCoaddTask(initInputs=_initInputs(), config=config)
-    task.model = Broken()
-    coadds, catalog, _, _ = _patch(["g", "r"])
+    model = FaultyModel(task.model, above=spike / 2)
+    task.model = model
     result = task.run(coadds=coadds, bands=["g", "r"], mergedDetections=catalog,
                       idFactory=afwTable.IdFactory.makeSimple())
-    blend = result.objectParents[0]
-    assert blend["deblend_failed"] and blend["deblend_error"] == "RuntimeError"
-    assert not (result.deblendedCatalog["parent"] != 0).any()
-    assert len(result.scarletModelData.blends) == 0
+    blend, lone, sky, crowded = result.objectParents
+    assert blend["deblend_failed"] and blend["deblend_error"] == "ValueError" and model.chosen > 0
+    # The other parents are untouched: the three-peak parent is deblended by the network.
+    assert not any(p["deblend_failed"] for p in (lone, sky, crowded))
+    assert crowded["deblend_nChild"] == 3 and not crowded["deblend_skipped"]
+    children = result.deblendedCatalog[result.deblendedCatalog["parent"] != 0]
+    assert len(children) == 3 and set(children["parent"]) == {crowded.getId()}
+    assert set(result.scarletModelData.blends) == {crowded.getId()}
     config.catchFailures = False
     task = VaeDeblendCoaddTask(initInputs=_initInputs(), config=config)
-    task.model = Broken()
-    with pytest.raises(RuntimeError):
+    task.model = FaultyModel(model.model, above=spike / 2)
+    with pytest.raises(ValueError, match="too bright"):
         task.run(coadds=coadds, bands=["g", "r"], mergedDetections=catalog)
