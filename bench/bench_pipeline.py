@@ -1,0 +1,92 @@
+"""Pipeline speed: children per second through the deblend task, and a whole patch's time and memory.
+
+Simulates a patch (`make_patch`), runs the standalone tasks' ``run`` methods in this process (no butler
+I/O): detection, then the VAE deblend task, then measurement, timing each, and reports the deblend
+task's objects (children + isolated sources) per second and the process's peak resident memory.
+
+Usage::
+
+    python bench/bench_pipeline.py --size 1000 [--weights lsst] [--out bench/output/pipeline_1000.json]
+    python bench/bench_pipeline.py --size 4000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lsst.meas.extensions.vae.pipe.standalone.coadd import Coadd
+from lsst.meas.extensions.vae.pipe.standalone.deblend_task import VaeDeblendTask
+from lsst.meas.extensions.vae.pipe.standalone.detect_task import DetectCoaddPeaksTask
+from lsst.meas.extensions.vae.pipe.standalone.measure_task import MeasureObjectUnforcedTask
+from lsst.meas.extensions.vae.sim.patch import PatchConfig, make_patch
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", default="lsst")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    out = args.out or Path(f"bench/output/pipeline_{args.size}.json")
+
+    start = time.perf_counter()
+    patch = make_patch(PatchConfig(size=args.size), args.seed, progress=False)
+    t_sim = time.perf_counter() - start
+    coadds = [Coadd.from_patch_band(b) for b in patch.bands]
+    rss_inputs = peak_rss_gb()
+
+    detect = DetectCoaddPeaksTask()
+    start = time.perf_counter()
+    detected = detect.run(coadds)
+    t_detect = time.perf_counter() - start
+
+    deblend_config = VaeDeblendTask.ConfigClass()
+    deblend_config.weights = args.weights
+    deblend = VaeDeblendTask(config=deblend_config)
+    start = time.perf_counter()
+    deblended = deblend.run(coadds, detected.mergedDetections, detected.peaks, detected.footprints)
+    t_deblend = time.perf_counter() - start
+
+    measure = MeasureObjectUnforcedTask()
+    start = time.perf_counter()
+    measure.run(coadds, deblended.deblendedCatalog, deblended.vaeModelData)
+    t_measure = time.perf_counter() - start
+
+    n_objects = len(deblended.deblendedCatalog)
+    result = {
+        "size": args.size, "n_truth": len(patch.truth), "n_parents": len(detected.mergedDetections),
+        "n_peaks": len(detected.peaks), "n_objects": n_objects,
+        "seconds": {"simulate": t_sim, "detect": t_detect, "deblend": t_deblend, "measure": t_measure,
+                    "pipeline": t_detect + t_deblend + t_measure},
+        "objects_per_second_deblend": n_objects / t_deblend,
+        "peak_rss_gb": peak_rss_gb(), "rss_after_inputs_gb": rss_inputs,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+        "command": " ".join(sys.argv),
+    }
+    print(f"patch {args.size}x{args.size}: {result['n_truth']} galaxies, {result['n_parents']} parents, "
+          f"{result['n_peaks']} peaks, {n_objects} objects")
+    for key, value in result["seconds"].items():
+        print(f"  {key:9s} {value:8.1f} s")
+    print(f"  deblend  {result['objects_per_second_deblend']:8.1f} objects/s")
+    print(f"  peak RSS {result['peak_rss_gb']:8.2f} GB")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
