@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--catalog", default=None, help="CatSim-format FITS catalogue (its test split)")
     evaluate.add_argument("--iterations", type=int, default=2, help="deblending passes")
     evaluate.add_argument("--no-refine", action="store_true", help="no centroid refinement")
+    evaluate.add_argument("--no-neighbour-map", action="store_true",
+                          help="do not give the network the other peaks' positions")
     evaluate.add_argument("--out", type=Path, required=True)
     evaluate.add_argument("--no-progress", action="store_true")
 
@@ -218,9 +220,19 @@ def bundle_weights(args: argparse.Namespace) -> None:
              "deblender_training_command": deb_meta.get("training_command", ""),
              "vae_train_config": vae_meta.get("train_config", ""),
              "deblender_train_config": deb_meta.get("train_config", "")}
-    data_config = json.loads(deb_meta["data_config"]) if deb_meta.get("data_config") else None
-    if data_config:
-        extra["data_config"] = json.dumps(data_config)
+    # Where the training blends came from: their seeds and sizes, from the shards' summaries.
+    for name, meta in (("vae", vae_meta), ("deblender", deb_meta)):
+        train_config = json.loads(meta.get("train_config") or "{}")
+        for split in ("train", "val"):
+            summary = Path(train_config.get(f"{split}_dir", "")) / "summary.json"
+            if summary.exists():
+                info = json.loads(summary.read_text())
+                extra[f"{name}_{split}_data"] = json.dumps({k: info[k] for k in ("n", "seed", "split", "config")
+                                                              if k in info})
+                extra.setdefault("data_seed", str(info.get("seed")))
+    if deb_meta.get("data_config"):
+        extra["data_config"] = deb_meta["data_config"]
+    extra["bundle_command"] = "vae-deblend " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vae-deblend") else ""
     path = save_bundle(args.out, vae, deblender, norm, vae_meta["likelihood"], extra=extra)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -233,7 +245,8 @@ def evaluate_weights(args: argparse.Namespace) -> dict:
     metrics = evaluate(args.weights, args.n, args.seed, args.out, preset=args.preset,
                        catalog_path=args.catalog, progress=not args.no_progress,
                        deblend_config=DeblendConfig(iterations=args.iterations,
-                                                    refine_centroids=not args.no_refine))
+                                                    refine_centroids=not args.no_refine,
+                                                    use_neighbour_map=not args.no_neighbour_map))
     rows = [("VAE deblender", metrics), ("no deblending", metrics["baseline"]),
             ("VAE on isolated (bound)", metrics["isolated_bound"])]
     print(f"{metrics['n']} '{args.preset}' test blends, central galaxy, r band")

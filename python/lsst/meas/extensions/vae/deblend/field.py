@@ -54,6 +54,8 @@ class DeblendConfig:
         Latent samples for the model-flux uncertainty (0: none).
     keep_conserved_images : `bool`
         Keep each parent's flux-conserved child images (`Parent.conserved`); the fluxes are always kept.
+    use_neighbour_map : `bool`
+        Tell the network where the other peaks of the parent are (its neighbour-map input channel).
     """
 
     iterations: int = 2
@@ -62,6 +64,7 @@ class DeblendConfig:
     conserve_flux: bool = True
     n_samples: int = 0
     keep_conserved_images: bool = True
+    use_neighbour_map: bool = True
 
 
 @dataclasses.dataclass
@@ -162,9 +165,12 @@ def paste_stamp(image: np.ndarray, stamp: np.ndarray, center: tuple[int, int], s
 
 
 def _neighbour_positions(peaks: np.ndarray, groups: list[np.ndarray], centers: np.ndarray, size: int,
-                         k_max: int) -> np.ndarray:
-    """Stamp positions of the other peaks of each peak's parent (NaN-padded to ``k_max``)."""
+                         k_max: int, use: bool = True) -> np.ndarray:
+    """Stamp positions of the other peaks of each peak's parent (NaN-padded to ``k_max``; all NaN
+    when not ``use``)."""
     out = np.full((len(peaks), k_max, 2), np.nan, dtype=np.float32)
+    if not use:
+        return out
     half = size // 2
     for members in groups:
         for i in members:
@@ -236,7 +242,8 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
     masked = np.zeros(n, dtype=bool)
     refined = np.zeros(n, dtype=bool)
     residual = clean.copy()
-    neighbours = _neighbour_positions(peaks, groups, centers, stamp_size, max_neighbours)
+    neighbours = _neighbour_positions(peaks, groups, centers, stamp_size, max_neighbours,
+                                      config.use_neighbour_map)
     for r in range(int(rank.max()) + 1 if n else 0):
         idx = np.flatnonzero(rank == r)
         stamps = np.stack([cut_stamp(residual, tuple(centers[i]), stamp_size)[0] for i in idx])
@@ -262,7 +269,8 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
             paste_stamp(shifted, models[i], tuple(centers[i] - new_centers[i] + stamp_size // 2))
             models[i] = shifted
         centers = new_centers
-        neighbours = _neighbour_positions(peaks, groups, centers, stamp_size, max_neighbours)
+        neighbours = _neighbour_positions(peaks, groups, centers, stamp_size, max_neighbours,
+                                      config.use_neighbour_map)
 
     flux_std = None
     for it in range(1, max(config.iterations, 1)):
