@@ -1,8 +1,9 @@
 """Pipeline speed: children per second through the deblend task, and a whole patch's time and memory.
 
-Simulates a patch (`make_patch`), runs the standalone tasks' ``run`` methods in this process (no butler
-I/O): detection, then the VAE deblend task, then measurement, timing each, and reports the deblend
-task's objects (children + isolated sources) per second and the process's peak resident memory.
+Simulates a patch (`make_patch`) in a child process and writes it to HDF5, reads it back here and runs
+the standalone tasks' ``run`` methods (no butler I/O): detection, then the VAE deblend task, then
+measurement, timing each; reports the deblend task's objects (children + isolated sources) per second
+and the peak resident memory of this process (the coadds in memory included, the simulation not).
 
 Usage::
 
@@ -17,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +29,7 @@ from lsst.meas.extensions.vae.pipe.standalone.coadd import Coadd
 from lsst.meas.extensions.vae.pipe.standalone.deblend_task import VaeDeblendTask
 from lsst.meas.extensions.vae.pipe.standalone.detect_task import DetectCoaddPeaksTask
 from lsst.meas.extensions.vae.pipe.standalone.measure_task import MeasureObjectUnforcedTask
-from lsst.meas.extensions.vae.sim.patch import PatchConfig, make_patch
+from lsst.meas.extensions.vae.sim.patch import read_patch
 
 
 def peak_rss_gb() -> float:
@@ -44,9 +46,15 @@ def main() -> None:
     out = args.out or Path(f"bench/output/pipeline_{args.size}.json")
 
     start = time.perf_counter()
-    patch = make_patch(PatchConfig(size=args.size), args.seed, progress=False)
+    path = Path(f"bench/output/patch_{args.size}_{args.seed}.h5")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", "import sys; from lsst.meas.extensions.vae.sim.patch import *; "
+                    f"write_patch(make_patch(PatchConfig(size={args.size}), {args.seed}, progress=False), "
+                    f"'{path}')"], check=True)
     t_sim = time.perf_counter() - start
+    patch = read_patch(path)
     coadds = [Coadd.from_patch_band(b) for b in patch.bands]
+    del patch.bands[:]
     rss_inputs = peak_rss_gb()
 
     detect = DetectCoaddPeaksTask()
