@@ -107,6 +107,8 @@ class VaeDeblendConfig(PipelineTaskConfig, pipelineConnections=VaeDeblendConnect
     doConserveFlux = Field[bool](
         doc="Split each parent's observed flux among its children (deblend_conservedFlux_*).", default=True)
     maxNeighbours = Field[int](doc="Most neighbour peaks given to the network per stamp.", default=8)
+    peaksPerCall = Field[int](doc="Peaks of the parents deblended together in one call of the core "
+                              "(bounds the memory of their stamps and models).", default=6000)
     maxNumberOfPeaks = Field[int](
         doc="Skip parents with more peaks than this (0: no limit).", default=600)
     maxFootprintArea = Field[float](
@@ -249,7 +251,14 @@ class VaeDeblendTask(PipelineTask):
         flags["deblend_skipped"] = skipped
         todo = np.flatnonzero(~skipped)
 
-        outcomes = self._deblend_all(image, bad, labels, boxes, parent_labels, members, peak_xy, todo)
+        # Parents go through the core in groups of about `peaksPerCall` peaks: large enough to fill
+        # network batches, small enough to bound the memory of all their stamps and models.
+        sizes = np.array([len(members[pid]) for pid in members])[todo] if len(todo) else np.zeros(0, int)
+        group = np.cumsum(sizes) // max(self.config.peaksPerCall, 1)
+        outcomes = {}
+        for g in np.unique(group):
+            outcomes.update(self._deblend_all(image, bad, labels, boxes, parent_labels, members, peak_xy,
+                                              todo[group == g]))
         for i, outcome in outcomes.items():
             finite = all(np.isfinite(c.model).all() and np.isfinite(c.flux_conserved).all()
                          for c in outcome.children)
@@ -311,7 +320,8 @@ class VaeDeblendTask(PipelineTask):
         return DeblendConfig(iterations=self.config.iterations,
                              refine_centroids=self.config.doRefineCentroids,
                              max_centroid_shift=self.config.maxCentroidShift,
-                             conserve_flux=self.config.doConserveFlux, n_samples=0)
+                             conserve_flux=self.config.doConserveFlux, n_samples=0,
+                             keep_conserved_images=False)
 
     @timeMethod
     def _deblend_all(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
