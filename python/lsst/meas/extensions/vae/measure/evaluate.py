@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..deblend.field import DeblendConfig, deblend_field
+from ..deblend.field import DeblendConfig, deblend_field, paste_stamp
 from ..deblend.network import VaeDeblender
 from ..model.networks import neighbour_maps
 from ..model.training import network_output
@@ -161,7 +161,7 @@ def evaluate(weights: str, n: int, seed: int, out_dir: str | Path, preset: str =
             x0, y0 = origins[k]
             size = blend.image.shape[-1]
             placed = np.zeros((size, size), dtype=np.float32)
-            _place(placed, child.model[r], child.origin[0] - x0, child.origin[1] - y0)
+            paste_stamp(placed, child.model[r], (child.center[0] - x0, child.center[1] - y0))
             truth = blend.truth_images[0, r]
             center = (blend.truth["x"][0], blend.truth["y"][0])
             m = central_metrics(placed, truth, center)
@@ -213,9 +213,3 @@ def evaluate(weights: str, n: int, seed: int, out_dir: str | Path, preset: str =
     plot_examples(examples, out / "examples.png")
     return metrics
 
-
-def _place(target: np.ndarray, stamp: np.ndarray, x0: int, y0: int) -> None:
-    from ..geometry import overlap_slices
-
-    in_target, in_stamp = overlap_slices(target.shape, stamp.shape, x0, y0)
-    target[in_target] += stamp[in_stamp]
