@@ -21,8 +21,8 @@ flagged, not dropped.
 
 from __future__ import annotations
 
-__all__ = ["DeblendConfig", "Child", "Parent", "deblend_field", "cut_stamp", "paste_stamp", "conserve_flux",
-           "parent_boxes"]
+__all__ = ["DeblendConfig", "Child", "Parent", "deblend_field", "cut_stamp", "paste_stamp", "add_at",
+           "conserve_flux", "parent_boxes"]
 
 import dataclasses
 from collections.abc import Callable
@@ -159,8 +159,14 @@ def cut_stamp(image: np.ndarray, center: tuple[int, int], size: int) -> tuple[np
 
 
 def paste_stamp(image: np.ndarray, stamp: np.ndarray, center: tuple[int, int], scale: float = 1.0) -> None:
-    """Add ``scale * stamp`` (centred on pixel ``center``) into ``image``, clipped to the image."""
-    in_image, in_stamp = _stamp_slices(center, stamp.shape[-1], image.shape[-2:])
+    """Add ``scale * stamp`` (square, centred on pixel ``center``) into ``image``, clipped to the image."""
+    half = stamp.shape[-1] // 2
+    add_at(image, stamp, (int(center[0]) - half, int(center[1]) - half), scale)
+
+
+def add_at(image: np.ndarray, stamp: np.ndarray, origin: tuple[int, int], scale: float = 1.0) -> None:
+    """Add ``scale * stamp`` (any shape, lower-left pixel at ``origin`` (x0, y0)) into ``image``, clipped."""
+    in_image, in_stamp = overlap_slices(image.shape[-2:], stamp.shape[-2:], int(origin[0]), int(origin[1]))
     image[..., in_image[0], in_image[1]] += scale * stamp[..., in_stamp[0], in_stamp[1]]
 
 
@@ -311,7 +317,7 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
 
 
 def conserve_flux(image: np.ndarray, footprint: np.ndarray, models: list[np.ndarray] | np.ndarray,
-                  centers: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+                  origins: np.ndarray, peaks: np.ndarray) -> np.ndarray:
     """Split a parent's observed flux among its children in proportion to their models.
 
     Parameters
@@ -320,10 +326,10 @@ def conserve_flux(image: np.ndarray, footprint: np.ndarray, models: list[np.ndar
         Observed image over the parent's box.
     footprint : `numpy.ndarray` (h, w) of `bool`
         The parent's footprint over the same box.
-    models : sequence of `numpy.ndarray` (bands, s, s)
-        Each child's model stamp (negative pixels count as zero).
-    centers : `numpy.ndarray` (n, 2) of `int`
-        Pixel (x, y), relative to the box, on which each model stamp is centred.
+    models : sequence of `numpy.ndarray` (bands, h_k, w_k)
+        Each child's model (negative pixels count as zero); any shape.
+    origins : `numpy.ndarray` (n, 2) of `int`
+        (x0, y0) of each model's lower-left pixel, relative to the box.
     peaks : `numpy.ndarray` (n, 2)
         Each child's peak (x, y) relative to the box: pixels no model reaches go to the nearest peak.
 
@@ -340,7 +346,7 @@ def conserve_flux(image: np.ndarray, footprint: np.ndarray, models: list[np.ndar
     if n == 0:
         return placed
     for k in range(n):
-        paste_stamp(placed[k], np.clip(models[k], 0, None), (int(centers[k][0]), int(centers[k][1])))
+        add_at(placed[k], np.clip(models[k], 0, None), origins[k])
     total = placed.sum(axis=0)
     h, w = image.shape[-2:]
     yy, xx = np.mgrid[:h, :w]
@@ -384,7 +390,7 @@ def _conserve(image: np.ndarray, footprints: np.ndarray, box: tuple[int, int, in
     result = Parent(label=int(label), bbox=box, children=list(map(int, members)), conserved=None, flux=flux)
     if conserve:
         conserved = conserve_flux(image[:, y0:y1, x0:x1], inside, [children[i].model for i in members],
-                                  np.array([(children[i].center[0] - x0, children[i].center[1] - y0)
+                                  np.array([(children[i].origin[0] - x0, children[i].origin[1] - y0)
                                             for i in members]),
                                   np.array([children[i].peak for i in members]) - [x0, y0])
         for k, i in enumerate(members):

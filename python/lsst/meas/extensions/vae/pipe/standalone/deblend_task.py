@@ -3,8 +3,11 @@
 A thin edge around the core: gather the patch's coadds (in the network's band order), the parents, their
 peaks and footprints; decide which parents to deblend (limits as scarlet's task: too many peaks, too
 large, mostly masked, isolated with ``processSingles`` off); call
-`lsst.meas.extensions.vae.deblend.field.deblend_field` once on all of them, so that stamps of different
-parents share network batches; turn the results into catalogues and model data.
+`lsst.meas.extensions.vae.deblend.field.deblend_field` on groups of about ``peaksPerCall`` peaks (parents
+in detection order, so a group is a strip of the patch), each on the cut-out that holds it, so that stamps
+of different parents share network batches while memory stays bounded; turn the results into catalogues
+and model data.  Stored child models are clipped to their parent's box, as scarlet's are
+(``deblend_modelFlux_*`` is the flux of the whole model).
 
 Every parent that goes in comes out in ``object_parent_patch``: deblended (``deblend_nChild`` > 0, or an
 isolated source that was modelled), or flagged (``deblend_skipped*``, ``deblend_failed`` with
@@ -141,6 +144,23 @@ class _Outcome:
     runtime_ms: float = 0.0
 
 
+def _moved(child: Child, dx: int, dy: int) -> Child:
+    """The child with its positions shifted by (dx, dy) pixels."""
+    return dataclasses.replace(child, peak=child.peak + [dx, dy], center=(child.center[0] + dx,
+                               child.center[1] + dy), origin=(child.origin[0] + dx, child.origin[1] + dy))
+
+
+def _clipped(child: Child, box: tuple[int, int, int, int]) -> Child:
+    """The child with its model clipped to ``box`` (x0, y0, x1, y1) and copied out of the core's arrays."""
+    ox, oy = child.origin
+    h, w = child.model.shape[-2:]
+    x0, y0, x1, y1 = max(box[0], ox), max(box[1], oy), min(box[2], ox + w), min(box[3], oy + h)
+    if x1 <= x0 or y1 <= y0:  # no overlap (a peak outside its footprint's box): keep the whole stamp
+        return dataclasses.replace(child, model=child.model.copy())
+    return dataclasses.replace(child, model=child.model[:, y0 - oy: y1 - oy, x0 - ox: x1 - ox].copy(),
+                               origin=(x0, y0))
+
+
 class VaeDeblendTask(PipelineTask):
     """Deblend every parent of a coadd patch with the VAE deblender.
 
@@ -202,7 +222,7 @@ class VaeDeblendTask(PipelineTask):
         """
         model = self.model
         bands = tuple(model.bands)
-        image, variance, bad, bbox = self._gather(coadds, bands, footprints)
+        image, bad, bbox = self._gather(coadds, bands, footprints)
         x0, y0 = bbox[0], bbox[1]
         labels = footprints.labels
         boxes, _ = footprint_boxes(labels, len(footprints.ids))  # by label - 1, array pixels
@@ -283,8 +303,8 @@ class VaeDeblendTask(PipelineTask):
                       vaeModelData=VaeModelData(bands=bands, blends=blends, metadata=metadata))
 
     def _gather(self, coadds: list[Coadd], bands: tuple[str, ...], footprints: FootprintImage
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int, int]]:
-        """The (bands, h, w) image and variance in the network's band order, and the bad-pixel mask."""
+                ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
+        """The (bands, h, w) image in the network's band order, and the bad-pixel mask."""
         by_band = {c.band: c for c in coadds}
         missing = [b for b in bands if b not in by_band]
         if missing:
@@ -314,7 +334,7 @@ class VaeDeblendTask(PipelineTask):
             self.log.info("%d non-finite pixels are zeroed and masked.", int(nonfinite.sum()))
             bad |= nonfinite
             image = np.where(finite, image, 0.0).astype(np.float32)
-        return image, np.stack([c.variance for c in chosen]), bad, bbox
+        return image, bad, bbox
 
     def _deblend_config(self) -> DeblendConfig:
         return DeblendConfig(iterations=self.config.iterations,
@@ -332,62 +352,68 @@ class VaeDeblendTask(PipelineTask):
         if len(todo) == 0:
             return {}
         parent_ids = list(members)
-        rows = [members[parent_ids[i]] for i in todo]
-        peak_rows = np.concatenate(rows)
-        peak_labels = np.concatenate([np.full(len(r), parent_labels[i]) for r, i in zip(rows, todo)])
-        wanted = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
-        wanted[parent_labels[todo]] = True
-        start = time.perf_counter()
         try:
-            children, parents = deblend_field(image, peak_xy[peak_rows], self.model, self.model.stamp_size,
-                                              parents=peak_labels,
-                                              footprints=np.where(wanted[labels], labels, 0), bad=bad,
-                                              config=self._deblend_config(),
-                                              max_neighbours=self.config.maxNeighbours)
+            return self._deblend_region(image, bad, labels, boxes, parent_labels, members, peak_xy, todo)
         except Exception as error:
             if not self.config.catchFailures:
                 raise
             self.log.warning("Batched deblending of %d parents failed (%s: %s); retrying parent by parent.",
                              len(todo), type(error).__name__, error)
-            return {int(i): self._deblend_one(image, bad, labels, boxes[parent_labels[i] - 1],
-                                              int(parent_labels[i]), peak_xy[members[parent_ids[i]]])
-                    for i in todo}
+        outcomes = {}
+        for i in todo:
+            start = time.perf_counter()
+            try:
+                outcomes.update(self._deblend_region(image, bad, labels, boxes, parent_labels, members,
+                                                     peak_xy, np.array([i])))
+            except Exception as error:
+                self.log.warning("Deblending parent %d failed: %s: %s", parent_ids[i], type(error).__name__,
+                                 error)
+                outcomes[int(i)] = _Outcome(error=type(error).__name__,
+                                            runtime_ms=1e3 * (time.perf_counter() - start))
+        return outcomes
+
+    def _deblend_region(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
+                        parent_labels: np.ndarray, members: dict[int, np.ndarray], peak_xy: np.ndarray,
+                        todo: np.ndarray) -> dict[int, _Outcome]:
+        """Deblend the parents ``todo`` in one call of the core on the cut-out that holds them.
+
+        Working on the cut-out (the parents' boxes grown by half a stamp and the largest centroid shift)
+        bounds the core's whole-image copies; results come back in patch-array pixels, and each child's
+        model is clipped to its parent's box (as scarlet's models are), which bounds the model data.
+        """
+        parent_ids = list(members)
+        rows = [members[parent_ids[i]] for i in todo]
+        peak_rows = np.concatenate(rows)
+        peak_labels = np.concatenate([np.full(len(r), parent_labels[i]) for r, i in zip(rows, todo)])
+        chosen = boxes[parent_labels[todo] - 1]
+        margin = self.model.stamp_size // 2 + int(math.ceil(self.config.maxCentroidShift)) + 1
+        h, w = labels.shape
+        cx0, cy0 = max(int(chosen[:, 0].min()) - margin, 0), max(int(chosen[:, 1].min()) - margin, 0)
+        cx1, cy1 = min(int(chosen[:, 2].max()) + margin, w), min(int(chosen[:, 3].max()) + margin, h)
+        cut_labels = labels[cy0:cy1, cx0:cx1]
+        wanted = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
+        wanted[parent_labels[todo]] = True
+        start = time.perf_counter()
+        children, parents = deblend_field(image[:, cy0:cy1, cx0:cx1], peak_xy[peak_rows] - [cx0, cy0],
+                                          self.model, self.model.stamp_size, parents=peak_labels,
+                                          footprints=np.where(wanted[cut_labels], cut_labels, 0),
+                                          bad=bad[cy0:cy1, cx0:cx1], config=self._deblend_config(),
+                                          max_neighbours=self.config.maxNeighbours)
         elapsed_ms = 1e3 * (time.perf_counter() - start)
         by_label = {p.label: p for p in parents}
         outcomes = {}
-        total_peaks = len(peak_rows)
         offset = 0
         for r, i in zip(rows, todo):
-            outcomes[int(i)] = _Outcome(parent=by_label[int(parent_labels[i])],
-                                        children=children[offset: offset + len(r)],
-                                        runtime_ms=elapsed_ms * len(r) / total_peaks)
+            label = int(parent_labels[i])
+            bx0, by0, bx1, by1 = by_label[label].bbox
+            parent = dataclasses.replace(by_label[label], bbox=(bx0 + cx0, by0 + cy0, bx1 + cx0, by1 + cy0))
+            box = tuple(int(v) for v in boxes[label - 1])
+            outcomes[int(i)] = _Outcome(
+                parent=parent,
+                children=[_clipped(_moved(c, cx0, cy0), box) for c in children[offset: offset + len(r)]],
+                runtime_ms=elapsed_ms * len(r) / len(peak_rows))
             offset += len(r)
         return outcomes
-
-    def _deblend_one(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, box: np.ndarray,
-                     label: int, peak_xy: np.ndarray) -> _Outcome:
-        """Deblend one parent on a cutout around its box; an exception is caught and reported."""
-        start = time.perf_counter()
-        margin = self.model.stamp_size // 2 + int(math.ceil(self.config.maxCentroidShift)) + 1
-        h, w = labels.shape
-        cx0, cy0 = max(int(box[0]) - margin, 0), max(int(box[1]) - margin, 0)
-        cx1, cy1 = min(int(box[2]) + margin, w), min(int(box[3]) + margin, h)
-        cut = (slice(cy0, cy1), slice(cx0, cx1))
-        try:
-            children, parents = deblend_field(
-                image[:, cut[0], cut[1]], peak_xy - [cx0, cy0], self.model, self.model.stamp_size,
-                parents=np.full(len(peak_xy), label), footprints=np.where(labels[cut] == label, label, 0),
-                bad=bad[cut], config=self._deblend_config(), max_neighbours=self.config.maxNeighbours)
-        except Exception as error:
-            self.log.warning("Deblending parent with footprint label %d failed: %s: %s", label,
-                             type(error).__name__, error)
-            return _Outcome(error=type(error).__name__, runtime_ms=1e3 * (time.perf_counter() - start))
-        shifted = [dataclasses.replace(c, peak=c.peak + [cx0, cy0],
-                                       center=(c.center[0] + cx0, c.center[1] + cy0),
-                                       origin=(c.origin[0] + cx0, c.origin[1] + cy0)) for c in children]
-        bx0, by0, bx1, by1 = parents[0].bbox
-        parent = dataclasses.replace(parents[0], bbox=(bx0 + cx0, by0 + cy0, bx1 + cx0, by1 + cy0))
-        return _Outcome(parent=parent, children=shifted, runtime_ms=1e3 * (time.perf_counter() - start))
 
     def _objects(self, bands: tuple[str, ...], detections: Table, peaks: Table, labels: np.ndarray,
                  boxes: np.ndarray, parent_labels: np.ndarray, members: dict[int, np.ndarray],

@@ -2,7 +2,7 @@
 
 For every object of ``object_deblend`` the child's pixels are rebuilt from the model data: with
 ``doConserveFlux``, the observed flux of its parent's footprint is re-distributed among the parent's
-children in proportion to their models (`redistribute`, the core's rule), as DRP's measurement does
+children in proportion to their models (the core's `conserve_flux`), as DRP's measurement does
 with ``updateCatalogFootprints(..., imageForRedistribution=...)``; otherwise the model itself is the
 child.  An isolated source kept without a model is its footprint's pixels.  Non-finite pixels count as
 zero, as in the deblender.
@@ -30,13 +30,12 @@ from lsst.pipe.base import (InputQuantizedConnection, OutputQuantizedConnection,
 from lsst.pipe.base import connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
-from ...geometry import overlap_slices
+from ...deblend.field import add_at, conserve_flux
 from ...measure.photometry import flux_to_mag
 from ...measure.shape import hsm_shape
 from .coadd import Coadd
 from .detect_task import BAND_DIMENSIONS, PATCH_DIMENSIONS
 from .models import BlendModel, VaeModelData
-from .redistribute import redistribute
 
 _SHAPE_FIELDS = ("g1", "g2", "sigma", "x", "y")
 
@@ -199,8 +198,8 @@ class MeasureObjectUnforcedTask(PipelineTask):
         if self.config.doConserveFlux:
             origins = [(c.origin[0] - blend.bbox[0], c.origin[1] - blend.bbox[1]) for c in blend.children]
             peaks = np.array([(c.peak[0] - blend.bbox[0], c.peak[1] - blend.bbox[1]) for c in blend.children])
-            shares = redistribute(observed, blend.footprint, [c.model for c in blend.children], origins,
-                                  peaks)
+            shares = conserve_flux(observed, blend.footprint, [c.model for c in blend.children],
+                                   np.array(origins), peaks)
             with np.errstate(divide="ignore", invalid="ignore"):
                 weights = np.where(observed[None] != 0, shares / observed[None], 0.0)
             for child, share, weight in zip(blend.children, shares, weights):
@@ -208,10 +207,7 @@ class MeasureObjectUnforcedTask(PipelineTask):
         else:
             for child in blend.children:
                 pixels = np.zeros(observed.shape, dtype=np.float32)
-                in_box, in_stamp = overlap_slices(observed.shape[-2:], child.model.shape[-2:],
-                                                  child.origin[0] - blend.bbox[0],
-                                                  child.origin[1] - blend.bbox[1])
-                pixels[:, in_box[0], in_box[1]] = child.model[:, in_stamp[0], in_stamp[1]]
+                add_at(pixels, child.model, (child.origin[0] - blend.bbox[0], child.origin[1] - blend.bbox[1]))
                 out.append((child.id, pixels, None, child))
         return out
 

@@ -130,14 +130,12 @@ class VaeModelData:
 
     def render(self, shape: tuple[int, int], xy0: tuple[int, int] = (0, 0)) -> np.ndarray:
         """The sum of every model on a (bands, h, w) image whose first pixel is ``xy0``."""
-        from ...geometry import overlap_slices
+        from ...deblend.field import add_at
 
         out = np.zeros((len(self.bands),) + tuple(shape), dtype=np.float32)
         for blend in self.blends.values():
             for child in blend.children:
-                in_image, in_stamp = overlap_slices(shape, child.model.shape[-2:], child.origin[0] - xy0[0],
-                                                    child.origin[1] - xy0[1])
-                out[:, in_image[0], in_image[1]] += child.model[:, in_stamp[0], in_stamp[1]]
+                add_at(out, child.model, (child.origin[0] - xy0[0], child.origin[1] - xy0[1]))
         return out
 
 
