@@ -87,6 +87,23 @@ def test_training_resumes(tiny_training, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+def test_deblender_fine_tunes_from_a_trained_encoder(tiny_training, tmp_path):
+    from lsst.meas.extensions.vae.model.training import TrainConfig, train
+
+    root = tiny_training["root"]
+    common = dict(kind="deblender", train_dir=str(root / "train"), val_dir=str(root / "val"), batch_size=32,
+                  epoch_size=64, max_epochs=1, seed=0, bf16=False, vae_weights=str(root / "vae"))
+    tuned = train(TrainConfig(out_dir=str(tmp_path / "tuned"),
+                              init_encoder=str(root / "deblender" / "best.safetensors"), **common),
+                  progress=False)
+    # It starts where the trained deblender ended, not where a fresh one (the VAE's encoder) starts.
+    assert tuned["initial_val_loss"] == pytest.approx(tiny_training["deblender_run"]["best_val_loss"], rel=1e-4)
+    assert tuned["initial_val_loss"] < tiny_training["deblender_run"]["initial_val_loss"]
+    with pytest.raises(ValueError, match="not a 'deblender'"):
+        train(TrainConfig(out_dir=str(tmp_path / "wrong"), init_encoder=str(tiny_training["bundle"]), **common),
+              progress=False)
+
+
 def test_weights_round_trip_and_checks(tiny_training, tmp_path):
     path = tiny_training["root"] / "vae" / "best.safetensors"
     vae, norm, meta = load_model(path, kind="vae", bands=("u", "g", "r", "i", "z", "y"), stamp_size=33)

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--no-progress", action="store_true")
         if kind == "deblender":
             t.add_argument("--vae", default="runs/vae", help="folder of the trained VAE")
+            t.add_argument("--init-encoder", default="",
+                           help="a trained deblender's .safetensors to start the encoder from (fine-tuning)")
 
     bundle = commands.add_parser("bundle", help="write shipped weights from a trained VAE and deblender")
     bundle.add_argument("--vae", default="runs/vae")
@@ -202,7 +204,7 @@ def train_model(args: argparse.Namespace) -> dict:
         likelihood=args.likelihood, normalization=args.normalization, kl_weight=args.kl_weight,
         batch_size=args.batch_size, lr=args.lr, epoch_size=args.epoch_size, max_epochs=args.max_epochs,
         patience=args.patience, max_minutes=args.max_minutes, seed=args.seed, bf16=not args.no_bf16,
-        vae_weights=getattr(args, "vae", ""))
+        vae_weights=getattr(args, "vae", ""), init_encoder=getattr(args, "init_encoder", ""))
     command = "vae-deblend " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vae-deblend") else ""
     summary = train(config, resume=args.resume, command=command, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))

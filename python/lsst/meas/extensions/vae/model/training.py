@@ -70,6 +70,9 @@ class TrainConfig:
     seed : `int`
     vae_weights : `str`
         For the deblender: the VAE checkpoint folder (its ``best.safetensors``).
+    init_encoder : `str`
+        For the deblender: a trained deblender's ``.safetensors`` whose encoder is the starting point
+        (fine-tuning after the VAE was trained further); empty: the VAE's encoder.
     neighbour_drop : `float`
         Probability to hide each neighbour peak from the neighbour map (detection incompleteness);
         neighbours with SNR < 5 are always hidden.
@@ -93,6 +96,7 @@ class TrainConfig:
     max_minutes: float = 60.0
     seed: int = 0
     vae_weights: str = ""
+    init_encoder: str = ""
     neighbour_drop: float = 0.1
     bf16: bool = True
 
@@ -105,6 +109,8 @@ class TrainConfig:
             raise ValueError("The bce likelihood needs the 'paper' normalization (images in [-1, 1]).")
         if self.kind == "deblender" and not self.vae_weights:
             raise ValueError("Training the deblender needs vae_weights (a trained VAE).")
+        if self.init_encoder and self.kind != "deblender":
+            raise ValueError("init_encoder is for the deblender.")
 
 
 def default_device() -> torch.device:
@@ -268,6 +274,12 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
             raise ValueError(f"The VAE's network {vae.config} differs from the requested {net_config}.")
         model = Deblender(net_config)
         model.init_from_vae(vae)
+        if config.init_encoder:
+            previous, previous_norm, _ = load_model(config.init_encoder, kind="deblender")
+            if previous.config != net_config or previous_norm != norm:
+                raise ValueError(f"{config.init_encoder} was trained for another network or normalisation "
+                                 f"({previous.config}, {previous_norm}) than {net_config}, {norm}.")
+            model.encoder.load_state_dict(previous.encoder.state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=1)
