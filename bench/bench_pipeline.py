@@ -61,6 +61,7 @@ def main() -> None:
     start = time.perf_counter()
     detected = detect.run(coadds)
     t_detect = time.perf_counter() - start
+    rss_detect = peak_rss_gb()
 
     deblend_config = VaeDeblendTask.ConfigClass()
     deblend_config.weights = args.weights
@@ -68,6 +69,7 @@ def main() -> None:
     start = time.perf_counter()
     deblended = deblend.run(coadds, detected.mergedDetections, detected.peaks, detected.footprints)
     t_deblend = time.perf_counter() - start
+    rss_deblend = peak_rss_gb()
 
     measure = MeasureObjectUnforcedTask()
     start = time.perf_counter()
@@ -81,7 +83,9 @@ def main() -> None:
         "seconds": {"simulate": t_sim, "detect": t_detect, "deblend": t_deblend, "measure": t_measure,
                     "pipeline": t_detect + t_deblend + t_measure},
         "objects_per_second_deblend": n_objects / t_deblend,
-        "peak_rss_gb": peak_rss_gb(), "rss_after_inputs_gb": rss_inputs,
+        "peak_rss_gb": peak_rss_gb(),
+        # The running peak after each stage tells which stage set it.
+        "peak_rss_after_gb": {"inputs": rss_inputs, "detect": rss_detect, "deblend": rss_deblend},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
         "command": " ".join(sys.argv),
@@ -91,7 +95,8 @@ def main() -> None:
     for key, value in result["seconds"].items():
         print(f"  {key:9s} {value:8.1f} s")
     print(f"  deblend  {result['objects_per_second_deblend']:8.1f} objects/s")
-    print(f"  peak RSS {result['peak_rss_gb']:8.2f} GB")
+    print(f"  peak RSS {result['peak_rss_gb']:8.2f} GB (running peak after inputs "
+          f"{rss_inputs:.2f}, detect {rss_detect:.2f}, deblend {rss_deblend:.2f})")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
 
