@@ -67,9 +67,11 @@ def main() -> None:
                "minutes": summary["minutes"], **reconstruct(run_dir, val, args.n)}
         results.append(row)
         print(json.dumps(row), flush=True)
-    print(f"{'likelihood':12s} {'norm':7s} {'epochs':>6s} {'med|df/f|':>9s} {'mean|df/f|':>10s} {'med|dg|':>8s}")
+    print(f"{'likelihood':12s} {'norm':7s} {'epochs':>6s} {'med|df/f|':>9s} {'mean|df/f|':>10s} "
+          f"{'med|dg|':>8s}")
     for row in results:
-        print(f"{row['likelihood']:12s} {row['normalization']:7s} {row['epochs']:6d} {row['median_abs_df']:9.4f} "
+        print(f"{row['likelihood']:12s} {row['normalization']:7s} {row['epochs']:6d} "
+              f"{row['median_abs_df']:9.4f} "
               f"{row['mean_abs_df']:10.4f} {row['median_abs_dg']:8.4f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"results": results, "command": " ".join(sys.argv)}, indent=2) + "\n")

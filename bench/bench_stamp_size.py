@@ -71,7 +71,8 @@ def main() -> None:
         print(f"{row['stamp']:5d} {row['central_lose_gt_1pct']:10.4f} {row['central_lose_gt_5pct']:10.4f} "
               f"{row['neighbour_lose_gt_5pct']:9.4f} {row['ms_per_blend']:9.2f} {row['input_values']:7d}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"rows": rows, "n": args.n, "command": " ".join(sys.argv)}, indent=2) + "\n")
+    args.out.write_text(json.dumps({"rows": rows, "n": args.n, "command": " ".join(sys.argv)}, indent=2)
+                        + "\n")
     print(f"wrote {args.out}")
 
 

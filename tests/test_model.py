@@ -97,11 +97,12 @@ def test_deblender_fine_tunes_from_a_trained_encoder(tiny_training, tmp_path):
                               init_encoder=str(root / "deblender" / "best.safetensors"), **common),
                   progress=False)
     # It starts where the trained deblender ended, not where a fresh one (the VAE's encoder) starts.
-    assert tuned["initial_val_loss"] == pytest.approx(tiny_training["deblender_run"]["best_val_loss"], rel=1e-4)
+    assert tuned["initial_val_loss"] == pytest.approx(tiny_training["deblender_run"]["best_val_loss"],
+                                                      rel=1e-4)
     assert tuned["initial_val_loss"] < tiny_training["deblender_run"]["initial_val_loss"]
     with pytest.raises(ValueError, match="not a 'deblender'"):
-        train(TrainConfig(out_dir=str(tmp_path / "wrong"), init_encoder=str(tiny_training["bundle"]), **common),
-              progress=False)
+        train(TrainConfig(out_dir=str(tmp_path / "wrong"), init_encoder=str(tiny_training["bundle"]),
+                          **common), progress=False)
 
 
 def test_weights_round_trip_and_checks(tiny_training, tmp_path):

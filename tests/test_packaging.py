@@ -24,7 +24,8 @@ def test_regular_pip_install_beside_the_middleware(tmp_path):
     assert (installed / "__init__.py").exists()
     # -S: no site-packages .pth files (so not the editable checkout); the middleware comes from
     # site-packages on PYTHONPATH, joined to the installed package by pkgutil namespaces.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), sysconfig.get_paths()["purelib"]])}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), sysconfig.get_paths()["purelib"]])}
     out = subprocess.run([sys.executable, "-S", "-c", PROBE], env=env, check=True, capture_output=True,
                          text=True, cwd=tmp_path)
     assert Path(out.stdout.strip()).is_relative_to(tmp_path / "site")

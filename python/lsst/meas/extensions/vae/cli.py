@@ -229,12 +229,13 @@ def bundle_weights(args: argparse.Namespace) -> None:
             summary = Path(train_config.get(f"{split}_dir", "")) / "summary.json"
             if summary.exists():
                 info = json.loads(summary.read_text())
-                extra[f"{name}_{split}_data"] = json.dumps({k: info[k] for k in ("n", "seed", "split", "config")
-                                                              if k in info})
+                keys = ("n", "seed", "split", "config")
+                extra[f"{name}_{split}_data"] = json.dumps({k: info[k] for k in keys if k in info})
                 extra.setdefault("data_seed", str(info.get("seed")))
     if deb_meta.get("data_config"):
         extra["data_config"] = deb_meta["data_config"]
-    extra["bundle_command"] = "vae-deblend " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vae-deblend") else ""
+    extra["bundle_command"] = ("vae-deblend " + " ".join(sys.argv[1:])
+                               if sys.argv[0].endswith("vae-deblend") else "")
     path = save_bundle(args.out, vae, deblender, norm, vae_meta["likelihood"], extra=extra)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 

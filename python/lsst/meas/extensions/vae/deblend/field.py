@@ -306,7 +306,8 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
             parent=int(labels[i]), peak=peaks[i], center=(int(centers[i, 0]), int(centers[i, 1])),
             model=models[i], origin=(int(centers[i, 0] - half), int(centers[i, 1] - half)),
             flux_model=flux, flux_conserved=flux.copy(),
-            flux_model_err=flux_std[i].astype(np.float64) if flux_std is not None else np.full(len(flux), np.nan),
+            flux_model_err=(flux_std[i].astype(np.float64) if flux_std is not None
+                            else np.full(len(flux), np.nan)),
             edge=bool(edge[i]), masked=bool(masked[i]), refined=bool(refined[i]),
             zero_flux=bool(np.all(flux <= 0))))
     boxes = parent_boxes(footprints)

@@ -138,7 +138,8 @@ def evaluate(weights: str, n: int, seed: int, out_dir: str | Path, preset: str =
         source = CatalogGalaxies(select_split(read_catalog(catalog_path), "test"))
     maker = BlendMaker(blend_config, source)
     if tuple(maker.survey.band_names) != tuple(deblender.bands):
-        raise ValueError(f"The weights' bands {deblender.bands} differ from the blends' {maker.survey.band_names}.")
+        raise ValueError(f"The weights' bands {deblender.bands} differ from the blends' "
+                         f"{maker.survey.band_names}.")
     r = maker.survey.band_names.index("r")
     scale = maker.survey.band("r").pixel_scale
     rng = np.random.default_rng([seed, 4242])

@@ -125,7 +125,8 @@ class VAE(nn.Module):
         self.encoder = Encoder(config, config.n_bands)
         self.decoder = Decoder(config)
 
-    def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sample: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean, log_std = self.encoder(x)
         z = mean + torch.randn_like(mean) * log_std.exp() if sample else mean
         return self.decoder(z), mean, log_std

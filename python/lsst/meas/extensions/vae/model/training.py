@@ -347,7 +347,8 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
             state["best_val"], state["bad_epochs"] = val_loss, 0
             save_model(out / "best.safetensors", model, norm, kind=config.kind, likelihood=config.likelihood,
                        data_config=data_config,
-                       extra={"training_command": command, "train_config": json.dumps(dataclasses.asdict(config)),
+                       extra={"training_command": command,
+                              "train_config": json.dumps(dataclasses.asdict(config)),
                               "epoch": str(state["epoch"]), "val_loss": f"{val_loss:.4f}"})
         else:
             state["bad_epochs"] += 1

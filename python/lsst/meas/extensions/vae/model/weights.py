@@ -112,7 +112,8 @@ def _check(meta: dict[str, str], path: Path, bands, stamp_size, normalization) -
 def _load(path: Path, device) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     meta = read_metadata(path)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not a meas_extensions_vae weights file (format {meta.get('format_version')}).")
+        raise ValueError(f"{path} is not a meas_extensions_vae weights file "
+                         f"(format {meta.get('format_version')}).")
     tensors = load_file(str(path), device="cpu")
     if _digest(tensors) != meta.get("sha256"):
         raise ValueError(f"{path}: tensors do not match their sha256: the file is corrupt.")
@@ -153,4 +154,5 @@ def load_bundle(name: str | Path = "lsst", bands=None, stamp_size=None, normaliz
     deblender.decoder.load_state_dict(vae.decoder.state_dict())
     deblender.encoder.load_state_dict({k[18:]: v for k, v in tensors.items()
                                        if k.startswith("deblender.encoder.")})
-    return vae.to(device).eval(), deblender.to(device).eval(), Normalization.from_json(meta["normalization"]), meta
+    norm = Normalization.from_json(meta["normalization"])
+    return vae.to(device).eval(), deblender.to(device).eval(), norm, meta

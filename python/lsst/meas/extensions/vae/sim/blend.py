@@ -152,7 +152,8 @@ class CatalogGalaxies:
             keep &= (hlr >= disk_hlr_range[0]) & (hlr <= disk_hlr_range[1])
         candidates = np.flatnonzero(keep)
         if len(candidates) == 0:
-            raise ValueError(f"No catalogue galaxy has {mag_min} <= r <= {mag_max} (and the disk size range).")
+            raise ValueError(f"No catalogue galaxy has {mag_min} <= r <= {mag_max} "
+                             "(and the disk size range).")
         return self.catalog[rng.choice(candidates, size=n)]
 
 

@@ -153,7 +153,8 @@ def write_blends(out_dir: str | Path, n: int, seed: int, config: BlendConfig | N
     else:
         ctx = multiprocessing.get_context("fork")
         counter = ctx.Value("l", 0)
-        with ctx.Pool(jobs, initializer=_init_worker, initargs=(config, catalog_path, split, counter)) as pool:
+        with ctx.Pool(jobs, initializer=_init_worker,
+                      initargs=(config, catalog_path, split, counter)) as pool:
             pending = pool.map_async(_write_shard, tasks, chunksize=1)
             while not pending.ready():
                 pending.wait(0.2)

@@ -177,7 +177,8 @@ def make_patch(config: PatchConfig, seed: int, source: GalaxySource | None = Non
             # Pixel (i, j) covers [i, i + 1) * scale: the centre of pixel i is at (i + 0.5) * scale.
             px, py = pos[g] / scale - 0.5
             ix, iy = int(round(px)), int(round(py))
-            stamps = renderers[key].render(one, np.array([(px - ix) * scale]), np.array([(py - iy) * scale]))[0]
+            stamps = renderers[key].render(one, np.array([(px - ix) * scale]),
+                                           np.array([(py - iy) * scale]))[0]
             for k, b in enumerate(band_idx):
                 _add_stamp(images[b], stamps[k], ix - size // 2, iy - size // 2)
                 snr_band[g, b] = snr_of(stamps[k][None], variance[b])[0]

@@ -156,7 +156,8 @@ class StampRenderer:
         images = np.zeros((n, len(self.survey.bands), size, size), dtype=np.float32)
         for g in range(n):
             components = galaxy_components(catalog, g)
-            extent = _LIGHT_EXTENT_HLR * max(catalog.disk_hlr[g], catalog.bulge_hlr[g]) + math.hypot(dx[g], dy[g])
+            extent = (_LIGHT_EXTENT_HLR * max(catalog.disk_hlr[g], catalog.bulge_hlr[g])
+                      + math.hypot(dx[g], dy[g]))
             for group in self._groups:
                 # The grid must hold the galaxy's light without wrapping it back into the stamp.
                 m = max(self.fft_size, _fft_size(int(_MIN_FFT_ARCSEC / group.pixel_scale), 0),

@@ -207,7 +207,8 @@ class MeasureObjectUnforcedTask(PipelineTask):
         else:
             for child in blend.children:
                 pixels = np.zeros(observed.shape, dtype=np.float32)
-                add_at(pixels, child.model, (child.origin[0] - blend.bbox[0], child.origin[1] - blend.bbox[1]))
+                add_at(pixels, child.model,
+                       (child.origin[0] - blend.bbox[0], child.origin[1] - blend.bbox[1]))
                 out.append((child.id, pixels, None, child))
         return out
 
