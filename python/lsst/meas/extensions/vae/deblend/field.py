@@ -279,16 +279,19 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
                                       config.use_neighbour_map)
 
     flux_std = None
+    if config.iterations > 1:
+        del residual  # one image-sized array at a time
     for it in range(1, max(config.iterations, 1)):
-        everything = np.zeros_like(clean)
+        others = clean.copy()  # the image minus every model; each stamp adds its own model back
         for i in range(n):
-            paste_stamp(everything, models[i], tuple(centers[i]))
+            paste_stamp(others, models[i], tuple(centers[i]), -1.0)
         last = it == config.iterations - 1
-        others = clean - everything
         stamps = np.stack([cut_stamp(others, tuple(centers[i]), stamp_size)[0] + models[i]
                            for i in range(n)]) if n else models
+        del others
         models, flux_std = model(stamps, neighbours, config.n_samples if last else 0)
-    if config.n_samples and flux_std is None and n:
+        del stamps
+    if config.n_samples and config.iterations <= 1 and n:  # one pass: sample on the first-pass residual
         stamps = np.stack([cut_stamp(residual, tuple(centers[i]), stamp_size)[0] + models[i]
                            for i in range(n)])
         models, flux_std = model(stamps, neighbours, config.n_samples)

@@ -111,7 +111,7 @@ class VaeDeblendConfig(PipelineTaskConfig, pipelineConnections=VaeDeblendConnect
         doc="Split each parent's observed flux among its children (deblend_conservedFlux_*).", default=True)
     maxNeighbours = Field[int](doc="Most neighbour peaks given to the network per stamp.", default=8)
     peaksPerCall = Field[int](doc="Peaks of the parents deblended together in one call of the core "
-                              "(bounds the memory of their stamps and models).", default=6000)
+                              "(bounds the memory of their stamps and models).", default=2000)
     maxNumberOfPeaks = Field[int](
         doc="Skip parents with more peaks than this (0: no limit).", default=600)
     maxFootprintArea = Field[float](
