@@ -122,7 +122,7 @@ class DetectCoaddPeaksTask(PipelineTask):
             if bits:
                 bad |= (coadd.mask & bits) != 0
         grow = self.config.nSigmaToGrow * max(psf_sigma(c.psf) for c in coadds)
-        found = detect(np.stack([c.image for c in coadds]), np.stack([c.variance for c in coadds]),
+        found = detect([c.image for c in coadds], [c.variance for c in coadds],
                        [c.psf for c in coadds], bad=bad, threshold=self.config.thresholdValue,
                        min_area=self.config.minArea, grow_radius=grow,
                        peak_threshold=self.config.peakThreshold,

@@ -20,6 +20,7 @@ __all__ = ["Detections", "fft_convolve", "detection_snr", "grow_mask", "label_re
            "prominent_peaks", "footprint_boxes", "psf_sigma", "detect"]
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import sep
@@ -86,14 +87,16 @@ def _weights(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | None) ->
         return np.where(good, 1.0 / np.where(good, variance, 1.0), 0.0)
 
 
-def detection_snr(images: np.ndarray, variances: np.ndarray, psfs: list[np.ndarray] | np.ndarray,
+def detection_snr(images: Sequence[np.ndarray], variances: Sequence[np.ndarray],
+                  psfs: list[np.ndarray] | np.ndarray,
                   bad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Matched-filter signal-to-noise images, combined over bands and per band.
 
     Parameters
     ----------
-    images, variances : `numpy.ndarray` (bands, h, w)
-        Background-subtracted images and their variance.
+    images, variances : sequence of `numpy.ndarray` (h, w), or `numpy.ndarray` (bands, h, w)
+        Background-subtracted images and their variance (a list of the coadds' own arrays avoids
+        stacking copies of a whole patch).
     psfs : sequence of `numpy.ndarray`
         PSF of each band (odd side, unit sum).
     bad : `numpy.ndarray` (h, w) of `bool`, optional
@@ -105,10 +108,11 @@ def detection_snr(images: np.ndarray, variances: np.ndarray, psfs: list[np.ndarr
         Combined detection image (0 where no band has weight).
     band_snr : `numpy.ndarray` (bands, h, w)
     """
-    signal = np.zeros(images.shape[-2:])
-    noise = np.zeros(images.shape[-2:])
-    band_snr = np.zeros(images.shape, dtype=np.float32)
-    for b in range(images.shape[0]):
+    shape = np.shape(images[0])
+    signal = np.zeros(shape)
+    noise = np.zeros(shape)
+    band_snr = np.zeros((len(images),) + shape, dtype=np.float32)
+    for b in range(len(images)):
         weight = _weights(images[b], variances[b], bad)
         kernel = np.asarray(psfs[b], dtype=np.float64)
         kernel = kernel / kernel.sum()
@@ -222,7 +226,7 @@ def psf_sigma(psf: np.ndarray) -> float:
     return 1.5 if shape.failed else float(shape.sigma)
 
 
-def detect(images: np.ndarray, variances: np.ndarray, psfs: list[np.ndarray] | np.ndarray,
+def detect(images: Sequence[np.ndarray], variances: Sequence[np.ndarray], psfs: list[np.ndarray] | np.ndarray,
            bad: np.ndarray | None = None, threshold: float = 5.0, min_area: int = 5,
            grow_radius: float = 3.0, peak_threshold: float = 5.0, min_separation: int = 2,
            min_prominence: float = 2.0) -> Detections:
@@ -230,7 +234,7 @@ def detect(images: np.ndarray, variances: np.ndarray, psfs: list[np.ndarray] | n
 
     Parameters
     ----------
-    images, variances : `numpy.ndarray` (bands, h, w)
+    images, variances : sequence of `numpy.ndarray` (h, w), or `numpy.ndarray` (bands, h, w)
     psfs : sequence of `numpy.ndarray`
     bad : `numpy.ndarray` (h, w) of `bool`, optional
     threshold : `float`
@@ -250,8 +254,8 @@ def detect(images: np.ndarray, variances: np.ndarray, psfs: list[np.ndarray] | n
     -------
     detections : `Detections`
     """
-    images = np.asarray(images, dtype=np.float32)
-    variances = np.asarray(variances, dtype=np.float32)
+    images = [np.asarray(image, dtype=np.float32) for image in images]
+    variances = [np.asarray(variance, dtype=np.float32) for variance in variances]
     snr, band_snr = detection_snr(images, variances, psfs, bad)
     snr32 = np.ascontiguousarray(snr, dtype=np.float32)
     sep.set_extract_pixstack(max(300_000, 2 * snr.size))
