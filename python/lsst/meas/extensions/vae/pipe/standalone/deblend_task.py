@@ -391,7 +391,8 @@ class VaeDeblendTask(PipelineTask):
         cx0, cy0 = max(int(chosen[:, 0].min()) - margin, 0), max(int(chosen[:, 1].min()) - margin, 0)
         cx1, cy1 = min(int(chosen[:, 2].max()) + margin, w), min(int(chosen[:, 3].max()) + margin, h)
         cut_labels = labels[cy0:cy1, cx0:cx1]
-        wanted = np.zeros(int(labels.max(initial=0)) + 1, dtype=bool)
+        # Sized by the cut-out's labels (its parents lie inside it): no scan of the whole patch per call.
+        wanted = np.zeros(int(cut_labels.max(initial=0)) + 1, dtype=bool)
         wanted[parent_labels[todo]] = True
         start = time.perf_counter()
         children, parents = deblend_field(image[:, cy0:cy1, cx0:cx1], peak_xy[peak_rows] - [cx0, cy0],
