@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--catalog", default=None, help="CatSim-format FITS catalogue (its test split)")
     evaluate.add_argument("--iterations", type=int, default=2, help="deblending passes")
     evaluate.add_argument("--no-refine", action="store_true", help="no centroid refinement")
+    evaluate.add_argument("--fit-steps", type=int, default=0,
+                          help="Adam steps of the joint latent fit of each blend (0: none)")
+    evaluate.add_argument("--fit-lr", type=float, default=0.05, help="learning rate of the latent fit")
+    evaluate.add_argument("--fit-prior", type=float, default=1.0, help="weight of the latent prior")
     evaluate.add_argument("--no-neighbour-map", action="store_true",
                           help="do not give the network the other peaks' positions")
     evaluate.add_argument("--out", type=Path, required=True)
@@ -249,7 +253,10 @@ def evaluate_weights(args: argparse.Namespace) -> dict:
                        catalog_path=args.catalog, progress=not args.no_progress,
                        deblend_config=DeblendConfig(iterations=args.iterations,
                                                     refine_centroids=not args.no_refine,
-                                                    use_neighbour_map=not args.no_neighbour_map))
+                                                    use_neighbour_map=not args.no_neighbour_map,
+                                                    fit_steps=args.fit_steps,
+                                                    fit_learning_rate=args.fit_lr,
+                                                    fit_prior_weight=args.fit_prior))
     rows = [("VAE deblender", metrics), ("no deblending", metrics["baseline"]),
             ("VAE on isolated (bound)", metrics["isolated_bound"])]
     print(f"{metrics['n']} '{args.preset}' test blends, central galaxy, r band")

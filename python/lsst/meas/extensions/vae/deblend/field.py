@@ -11,7 +11,9 @@ For every parent (a footprint and its peaks):
    centre (an off-centre detection peak) is re-cut around the refined centre, within
    ``max_centroid_shift`` pixels.
 3. **Refinement passes.**  Each galaxy is modelled again on the image minus every *other* model.
-4. **Flux conservation.**  Inside the footprint, the observed flux of every pixel is split among the
+4. **Latent fit** (optional, ``fit_steps``).  The latent codes of all galaxies of a parent are fitted
+   together, through the frozen decoder, to the parent's pixels (`fit.fit_latents`).
+5. **Flux conservation.**  Inside the footprint, the observed flux of every pixel is split among the
    children in proportion to their models (pixels no model reaches go to the nearest peak), so the
    children add up to the parent exactly.
 
@@ -30,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..geometry import overlap_slices
+from .fit import estimate_variance, fit_latents
 
 # A stamp model: (stamps (n, bands, s, s), neighbour positions (n, k, 2), n_samples) -> (models, flux_std)
 StampModel = Callable[..., tuple[np.ndarray, np.ndarray | None]]
@@ -56,6 +59,13 @@ class DeblendConfig:
         Keep each parent's flux-conserved child images (`Parent.conserved`); the fluxes are always kept.
     use_neighbour_map : `bool`
         Tell the network where the other peaks of the parent are (its neighbour-map input channel).
+    fit_steps : `int`
+        Adam steps of the joint latent fit of each parent's galaxies (0: no fit; otherwise the model must
+        offer ``encode`` and ``decode``, as `VaeDeblender` does).
+    fit_learning_rate : `float`
+        Adam's step in latent units.
+    fit_prior_weight : `float`
+        Weight of the latent prior against the pixels' chi-square.
     """
 
     iterations: int = 2
@@ -65,6 +75,9 @@ class DeblendConfig:
     n_samples: int = 0
     keep_conserved_images: bool = True
     use_neighbour_map: bool = True
+    fit_steps: int = 0
+    fit_learning_rate: float = 0.05
+    fit_prior_weight: float = 1.0
 
 
 @dataclasses.dataclass
@@ -191,7 +204,8 @@ def _neighbour_positions(peaks: np.ndarray, groups: list[np.ndarray], centers: n
 def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp_size: int,
                   parents: np.ndarray | None = None, footprints: np.ndarray | None = None,
                   bad: np.ndarray | None = None, config: DeblendConfig = DeblendConfig(),
-                  max_neighbours: int = 8) -> tuple[list[Child], list[Parent]]:
+                  max_neighbours: int = 8, variance: np.ndarray | None = None
+                  ) -> tuple[list[Child], list[Parent]]:
     """Deblend every parent of a field.
 
     Parameters
@@ -214,6 +228,9 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
     config : `DeblendConfig`
     max_neighbours : `int`
         Most neighbour peaks given to the network per stamp.
+    variance : `numpy.ndarray` (bands,), optional
+        Noise variance per band, for the latent fit; estimated from the pixels outside the footprints
+        when not given.
 
     Returns
     -------
@@ -279,6 +296,7 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
                                       config.use_neighbour_map)
 
     flux_std = None
+    latents = None
     if config.iterations > 1:
         del residual  # one image-sized array at a time
     for it in range(1, max(config.iterations, 1)):
@@ -289,6 +307,8 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
         stamps = np.stack([cut_stamp(others, tuple(centers[i]), stamp_size)[0] + models[i]
                            for i in range(n)]) if n else models
         del others
+        if last and config.fit_steps > 0:
+            latents = model.encode(stamps, neighbours)
         models, flux_std = model(stamps, neighbours, config.n_samples if last else 0)
         del stamps
     if config.n_samples and config.iterations <= 1 and n:  # one pass: sample on the first-pass residual
@@ -296,6 +316,9 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
                            for i in range(n)])
         models, flux_std = model(stamps, neighbours, config.n_samples)
 
+    if config.fit_steps > 0 and n:
+        models = _fit(model, clean, bad, footprints, variance, centers, labels, neighbours, models, latents,
+                      stamp_size, config)
     for i in range(n):
         _, edge[i] = cut_stamp(clean[:1], tuple(centers[i]), stamp_size)
         if bad is not None:
@@ -318,6 +341,27 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
                                 config.conserve_flux, config.keep_conserved_images)
                       for lab, members in zip(unique_labels, groups)]
     return children, parent_results
+
+
+def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarray,
+         variance: np.ndarray | None, centers: np.ndarray, labels: np.ndarray, neighbours: np.ndarray,
+         models: np.ndarray, latents: np.ndarray | None, stamp_size: int, config: DeblendConfig) -> np.ndarray:
+    """The joint latent fit of every parent's galaxies, starting from the encoder's codes of ``models``."""
+    residual = clean.copy()
+    for i in range(len(centers)):
+        paste_stamp(residual, models[i], tuple(centers[i]), -1.0)
+    if latents is None:  # one pass only: encode each galaxy on the image minus the others
+        stamps = np.stack([cut_stamp(residual, tuple(centers[i]), stamp_size)[0] + models[i]
+                           for i in range(len(centers))])
+        latents = model.encode(stamps, neighbours)
+        del stamps
+    if variance is None:
+        variance = estimate_variance(clean, footprints, bad)
+    _, fitted = fit_latents(residual, 1.0 / np.asarray(variance, dtype=np.float64), bad, centers, labels,
+                            latents, models, model.decode, stamp_size, steps=config.fit_steps,
+                            learning_rate=config.fit_learning_rate, prior_weight=config.fit_prior_weight,
+                            device=getattr(model, "device", "cpu"))
+    return fitted
 
 
 def conserve_flux(image: np.ndarray, footprint: np.ndarray, models: list[np.ndarray] | np.ndarray,

@@ -36,6 +36,7 @@ class VaeDeblender:
         self.stamp_size = self.vae.config.stamp_size
         self.batch_size = batch_size
         self.deblender = self.deblender.to(memory_format=torch.channels_last)
+        self.deblender.decoder.requires_grad_(False)  # frozen: latent fits need gradients of z only
 
     @torch.no_grad()
     def __call__(self, stamps: np.ndarray, neighbours: np.ndarray, n_samples: int = 0, seed: int = 0
@@ -74,14 +75,28 @@ class VaeDeblender:
             maps = torch.from_numpy(neighbour_maps(neighbours[lo:hi], size)).to(self.device)
             x = self.norm.forward(x).contiguous(memory_format=torch.channels_last)
             mean, log_std = self.deblender.encoder(torch.cat([x, maps], dim=1))
-            models[lo:hi] = self._decode(mean).cpu().numpy()
+            models[lo:hi] = self.decode(mean).cpu().numpy()
             if n_samples:
                 fluxes = []
                 for _ in range(n_samples):
                     eps = torch.randn(mean.shape, generator=generator, device=self.device)
-                    fluxes.append(self._decode(mean + eps * log_std.exp()).sum(dim=(2, 3)))
+                    fluxes.append(self.decode(mean + eps * log_std.exp()).sum(dim=(2, 3)))
                 flux_std[lo:hi] = torch.stack(fluxes).std(dim=0).cpu().numpy()
         return models, flux_std
 
-    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def encode(self, stamps: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+        """The encoder's latent code (the mean) of the galaxy at the centre of each stamp, (n, latent)."""
+        codes = []
+        for lo in range(0, len(stamps), self.batch_size):
+            hi = min(len(stamps), lo + self.batch_size)
+            x = torch.from_numpy(np.ascontiguousarray(stamps[lo:hi], dtype=np.float32)).to(self.device)
+            maps = torch.from_numpy(neighbour_maps(neighbours[lo:hi], self.stamp_size)).to(self.device)
+            x = self.norm.forward(x).contiguous(memory_format=torch.channels_last)
+            codes.append(self.deblender.encoder(torch.cat([x, maps], dim=1))[0].cpu().numpy())
+        return (np.concatenate(codes) if codes
+                else np.zeros((0, self.vae.config.latent), dtype=np.float32))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Models in electrons from latent codes (on this deblender's device), differentiable in ``z``."""
         return self.norm.inverse(network_output(self.deblender.decoder(z), self.likelihood))

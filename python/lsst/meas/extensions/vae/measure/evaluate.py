@@ -153,7 +153,8 @@ def evaluate(weights: str, n: int, seed: int, out_dir: str | Path, preset: str =
         field, peaks, parents, labels, origins = _tile_field(blends, gap=deblender.stamp_size // 2 + 1)
         start = time.perf_counter()
         children, _ = deblend_field(field, peaks, deblender, deblender.stamp_size, parents=parents,
-                                    footprints=labels, config=deblend_config)
+                                    footprints=labels, config=deblend_config,
+                                    variance=blends[0].variance)
         seconds += time.perf_counter() - start
         first = 0
         for k, blend in enumerate(blends):
