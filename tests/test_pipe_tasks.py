@@ -193,6 +193,23 @@ def test_deblend_outputs_and_conservation(network, detections, truth, deblended)
     assert (parents["deblend_runtime"] > 0).all() and (parents["deblend_iterations"] == 2).all()
 
 
+def test_deblend_latent_fit(network, coadds, detections, deblended):
+    task, fitted = _deblend(network, coadds, detections, fitSteps=30)
+    assert fitted.vaeModelData.metadata["fitSteps"] == 30
+    np.testing.assert_allclose(task._noise_variance(coadds, BANDS, np.zeros(SHAPE, bool)),
+                               [np.median(c.variance) for c in coadds], rtol=1e-6)
+    parents, objects = fitted.objectParents, fitted.deblendedCatalog
+    assert _accounted(parents).all() and not parents["deblend_failed"].any()
+    _check_conservation(parents, objects)
+    # Fitted to the pixels, the blend's models add up to its observed flux more closely.
+    blend = parents[parents["deblend_nChild"] == 2][0]
+    gaps = []
+    for result in (deblended, fitted):
+        rows = result.deblendedCatalog[result.deblendedCatalog["parent"] == blend["id"]]
+        gaps.append(abs(rows["deblend_modelFlux_r"].sum() / blend["deblend_parentFlux_r"] - 1))
+    assert gaps[1] < gaps[0], gaps
+
+
 def test_deblend_limits(network, coadds, detections):
     _, result = _deblend(network, coadds, detections, maxNumberOfPeaks=1)
     parents, objects = result.objectParents, result.deblendedCatalog

@@ -15,13 +15,16 @@ where the galaxies overlap.  Pure torch on arrays; parents are fitted in batches
 
 from __future__ import annotations
 
-__all__ = ["fit_latents", "estimate_variance"]
+__all__ = ["fit_latents", "estimate_variance", "median_variance", "FIT_STEPS_DEFAULT"]
 
 from collections.abc import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
+
+# The pipeline tasks' default number of Adam steps (see docs/benchmarks.md for what it buys and costs).
+FIT_STEPS_DEFAULT = 0
 
 # latents (n, latent) -> models (n, bands, s, s) in electrons, differentiable
 Decoder = Callable[[torch.Tensor], torch.Tensor]
@@ -46,9 +49,20 @@ def estimate_variance(image: np.ndarray, footprints: np.ndarray | None, bad: np.
     return np.maximum(nmad, 1e-12) ** 2
 
 
+def median_variance(variance: np.ndarray, bad: np.ndarray | None = None) -> np.ndarray | None:
+    """Per-band median of variance planes (bands, h, w) over good pixels with a finite, positive value;
+    `None` when a band has none (the caller then estimates it from the image)."""
+    good = np.isfinite(variance) & (variance > 0)
+    if bad is not None:
+        good &= ~bad[None]
+    if not good.reshape(len(variance), -1).any(axis=1).all():
+        return None
+    return np.array([np.median(v[g]) for v, g in zip(variance, good)], dtype=np.float64)
+
+
 def _batches(sizes: np.ndarray, counts: np.ndarray, max_pixels: int, max_galaxies: int) -> list[np.ndarray]:
     """Parents grouped by canvas size so that padding wastes little: each batch's padded canvases hold
-    at most ``max_pixels`` pixels and ``max_galaxies`` galaxies (a parent too large alone is its own batch)."""
+    at most ``max_pixels`` pixels and ``max_galaxies`` galaxies (a larger parent is a batch alone)."""
     order = np.lexsort((sizes[:, 1], sizes[:, 0]))
     batches, current, height, width, galaxies = [], [], 0, 0, 0
     for p in order:

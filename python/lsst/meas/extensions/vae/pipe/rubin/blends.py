@@ -28,6 +28,7 @@ import math
 import numpy as np
 
 from ...deblend.field import Child, DeblendConfig, Parent, deblend_field, paste_stamp
+from ...deblend.fit import median_variance
 from ...geometry import overlap_slices
 
 #: AB magnitude of a flux of 1 nJy.
@@ -104,7 +105,7 @@ def deblend_blend(image: np.ndarray, footprint: np.ndarray, peaks: np.ndarray, m
     bad : `numpy.ndarray` (h, w) of `bool`, optional
         Pixels to hide from the network (bad mask planes, non-finite values).
     variance : `numpy.ndarray` (bands, h, w), optional
-        Variance of ``image`` (same units squared), for the chi^2 only.
+        Variance of ``image`` (same units squared), for the chi^2 and the latent fit's noise.
     config : `DeblendConfig`
 
     Returns
@@ -118,7 +119,9 @@ def deblend_blend(image: np.ndarray, footprint: np.ndarray, peaks: np.ndarray, m
     if len(peaks) == 0:
         raise ValueError("A parent with no peak to deblend.")
     children, parents = deblend_field(image, peaks, model, stamp_size, parents=np.ones(len(peaks), np.int64),
-                                      footprints=footprint.astype(np.int32), bad=bad, config=config)
+                                      footprints=footprint.astype(np.int32), bad=bad, config=config,
+                                      variance=(median_variance(variance, bad)
+                                                if variance is not None and config.fit_steps > 0 else None))
     parent = parents[0]
     chi2, child_chi2 = _chi2(image, footprint, children, variance, bad)
     dx, dy = xy0

@@ -41,6 +41,7 @@ from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
 
 from ...deblend.field import DeblendConfig
+from ...deblend.fit import FIT_STEPS_DEFAULT
 from .blends import (blend_box, deblend_blend, electrons_per_nanojansky, masked_fraction, skip_reason,
                      stamp_margin, touches_edge)
 from .modelData import export_blend, model_metadata
@@ -296,6 +297,19 @@ class VaeDeblendCoaddConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Vae
         doc="Re-centre stamps on the models' light centroids.",
         default=True,
     )
+    fitSteps = pexConfig.Field[int](
+        doc="Adam steps of the joint latent fit of each parent's children to its pixels, through the "
+            "frozen decoder, with the variance plane's noise (0: the encoder's models as they are).",
+        default=FIT_STEPS_DEFAULT,
+    )
+    fitLearningRate = pexConfig.Field[float](
+        doc="Adam's step of the latent fit, latent units.",
+        default=0.1,
+    )
+    fitPriorWeight = pexConfig.Field[float](
+        doc="Weight of the latent prior in the fit.",
+        default=1.0,
+    )
     maxCentroidShift = pexConfig.Field[float](
         doc="Largest centroid correction, pixels.",
         default=3.0,
@@ -381,7 +395,9 @@ class VaeDeblendCoaddConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Vae
     def deblendConfig(self) -> DeblendConfig:
         """The array core's options."""
         return DeblendConfig(iterations=self.iterations, refine_centroids=self.doRefineCentroids,
-                             max_centroid_shift=self.maxCentroidShift, conserve_flux=self.doConserveFlux)
+                             max_centroid_shift=self.maxCentroidShift, conserve_flux=self.doConserveFlux,
+                             fit_steps=self.fitSteps, fit_learning_rate=self.fitLearningRate,
+                             fit_prior_weight=self.fitPriorWeight)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from lsst.pipe.base import connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
 from ...deblend.field import Child, DeblendConfig, Parent, deblend_field
+from ...deblend.fit import FIT_STEPS_DEFAULT, median_variance
 from .coadd import Coadd, FootprintImage
 from .detection import footprint_boxes
 from .detect_task import BAND_DIMENSIONS, PATCH_DIMENSIONS
@@ -110,6 +111,12 @@ class VaeDeblendConfig(PipelineTaskConfig, pipelineConnections=VaeDeblendConnect
     doConserveFlux = Field[bool](
         doc="Split each parent's observed flux among its children (deblend_conservedFlux_*).", default=True)
     maxNeighbours = Field[int](doc="Most neighbour peaks given to the network per stamp.", default=8)
+    fitSteps = Field[int](
+        doc="Adam steps of the joint latent fit of each parent's galaxies to its pixels, through the "
+            "frozen decoder (0: the encoder's models as they are). More accurate, and slower: see "
+            "docs/benchmarks.md.", default=FIT_STEPS_DEFAULT)
+    fitLearningRate = Field[float](doc="Adam's step of the latent fit, latent units.", default=0.1)
+    fitPriorWeight = Field[float](doc="Weight of the latent prior in the fit.", default=1.0)
     peaksPerCall = Field[int](doc="Peaks of the parents deblended together in one call of the core "
                               "(bounds the memory of their stamps and models).", default=2000)
     maxNumberOfPeaks = Field[int](
@@ -223,6 +230,7 @@ class VaeDeblendTask(PipelineTask):
         model = self.model
         bands = tuple(model.bands)
         image, bad, bbox = self._gather(coadds, bands, footprints)
+        noise = self._noise_variance(coadds, bands, bad) if self.config.fitSteps > 0 else None
         x0, y0 = bbox[0], bbox[1]
         labels = footprints.labels
         boxes, _ = footprint_boxes(labels, len(footprints.ids))  # by label - 1, array pixels
@@ -278,7 +286,7 @@ class VaeDeblendTask(PipelineTask):
         outcomes = {}
         for g in np.unique(group):
             outcomes.update(self._deblend_all(image, bad, labels, boxes, parent_labels, members, peak_xy,
-                                              todo[group == g]))
+                                              todo[group == g], noise))
         for i, outcome in outcomes.items():
             finite = all(np.isfinite(c.model).all() and np.isfinite(c.flux_conserved).all()
                          for c in outcome.children)
@@ -298,7 +306,8 @@ class VaeDeblendTask(PipelineTask):
                     "weights_sha256": getattr(model, "metadata", {}).get("sha256", ""),
                     "stamp_size": int(model.stamp_size), "iterations": self.config.iterations,
                     "doRefineCentroids": self.config.doRefineCentroids,
-                    "doConserveFlux": self.config.doConserveFlux, "bbox": list(bbox)}
+                    "doConserveFlux": self.config.doConserveFlux, "fitSteps": self.config.fitSteps,
+                    "bbox": list(bbox)}
         return Struct(deblendedCatalog=objects, objectParents=parents_out,
                       vaeModelData=VaeModelData(bands=bands, blends=blends, metadata=metadata))
 
@@ -336,24 +345,38 @@ class VaeDeblendTask(PipelineTask):
             image = np.where(finite, image, 0.0).astype(np.float32)
         return image, bad, bbox
 
+    def _noise_variance(self, coadds: list[Coadd], bands: tuple[str, ...], bad: np.ndarray
+                        ) -> np.ndarray | None:
+        """Each band's median variance over good pixels (the latent fit's noise); `None` if a band has
+        no usable variance (the core then estimates it from the sky pixels)."""
+        by_band = {c.band: c for c in coadds}
+        values = [median_variance(by_band[b].variance[None], bad) for b in bands]
+        if any(v is None for v in values):
+            self.log.warning("No usable variance plane: the latent fit estimates the noise from the image.")
+            return None
+        return np.concatenate(values)
+
     def _deblend_config(self) -> DeblendConfig:
         return DeblendConfig(iterations=self.config.iterations,
                              refine_centroids=self.config.doRefineCentroids,
                              max_centroid_shift=self.config.maxCentroidShift,
                              conserve_flux=self.config.doConserveFlux, n_samples=0,
-                             keep_conserved_images=False)
+                             keep_conserved_images=False, fit_steps=self.config.fitSteps,
+                             fit_learning_rate=self.config.fitLearningRate,
+                             fit_prior_weight=self.config.fitPriorWeight)
 
     @timeMethod
     def _deblend_all(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
                      parent_labels: np.ndarray,
-                     members: dict[int, np.ndarray], peak_xy: np.ndarray, todo: np.ndarray
-                     ) -> dict[int, _Outcome]:
+                     members: dict[int, np.ndarray], peak_xy: np.ndarray, todo: np.ndarray,
+                     noise: np.ndarray | None = None) -> dict[int, _Outcome]:
         """Deblend the parents ``todo`` (row indices) in one batched call; parent by parent on failure."""
         if len(todo) == 0:
             return {}
         parent_ids = list(members)
         try:
-            return self._deblend_region(image, bad, labels, boxes, parent_labels, members, peak_xy, todo)
+            return self._deblend_region(image, bad, labels, boxes, parent_labels, members, peak_xy, todo,
+                                        noise)
         except Exception as error:
             if not self.config.catchFailures:
                 raise
@@ -364,7 +387,7 @@ class VaeDeblendTask(PipelineTask):
             start = time.perf_counter()
             try:
                 outcomes.update(self._deblend_region(image, bad, labels, boxes, parent_labels, members,
-                                                     peak_xy, np.array([i])))
+                                                     peak_xy, np.array([i]), noise))
             except Exception as error:
                 self.log.warning("Deblending parent %d failed: %s: %s", parent_ids[i], type(error).__name__,
                                  error)
@@ -374,7 +397,7 @@ class VaeDeblendTask(PipelineTask):
 
     def _deblend_region(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
                         parent_labels: np.ndarray, members: dict[int, np.ndarray], peak_xy: np.ndarray,
-                        todo: np.ndarray) -> dict[int, _Outcome]:
+                        todo: np.ndarray, noise: np.ndarray | None = None) -> dict[int, _Outcome]:
         """Deblend the parents ``todo`` in one call of the core on the cut-out that holds them.
 
         Working on the cut-out (the parents' boxes grown by half a stamp and the largest centroid shift)
@@ -399,7 +422,7 @@ class VaeDeblendTask(PipelineTask):
                                           self.model, self.model.stamp_size, parents=peak_labels,
                                           footprints=np.where(wanted[cut_labels], cut_labels, 0),
                                           bad=bad[cy0:cy1, cx0:cx1], config=self._deblend_config(),
-                                          max_neighbours=self.config.maxNeighbours)
+                                          max_neighbours=self.config.maxNeighbours, variance=noise)
         elapsed_ms = 1e3 * (time.perf_counter() - start)
         by_label = {p.label: p for p in parents}
         outcomes = {}
