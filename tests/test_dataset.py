@@ -23,6 +23,8 @@ def test_parallel_and_serial_writes_are_identical(shards):
     assert len(parallel) == 5  # ceil(45 / 10); too small to round up to a multiple of 4
     a, b = BlendDataset(parallel), BlendDataset(serial)
     assert len(a) == len(b) == 45
+    both = BlendDataset([out / "two", out / "one"])  # several folders: all their shards, in order
+    assert len(both) == 90 and both.paths == list(parallel) + list(serial)
     for k in range(len(a.paths)):
         with h5py.File(a.paths[k]) as fa, h5py.File(b.paths[k]) as fb:
             np.testing.assert_array_equal(fa["image"][()], fb["image"][()])

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     train_kinds = train.add_subparsers(dest="kind", required=True)
     for kind in ("vae", "deblender"):
         t = train_kinds.add_parser(kind, help=f"train the {kind}")
-        t.add_argument("--train", default="runs/train", help="folder of training blend shards")
+        t.add_argument("--train", default=["runs/train"], nargs="+",
+                       help="folders of training blend shards (several: all their shards)")
         t.add_argument("--val", default="runs/val", help="folder of validation blend shards")
         t.add_argument("--out", default=f"runs/{kind}", help="output folder (checkpoints, weights, curves)")
         t.add_argument("--preset", default="small", choices=("small", "paper"), help="network preset")
@@ -204,7 +205,8 @@ def train_model(args: argparse.Namespace) -> dict:
     from .model.training import TrainConfig, train
 
     config = TrainConfig(
-        kind=args.kind, train_dir=args.train, val_dir=args.val, out_dir=args.out, preset=args.preset,
+        kind=args.kind, train_dir=args.train[0] if len(args.train) == 1 else args.train, val_dir=args.val,
+        out_dir=args.out, preset=args.preset,
         likelihood=args.likelihood, normalization=args.normalization, kl_weight=args.kl_weight,
         batch_size=args.batch_size, lr=args.lr, epoch_size=args.epoch_size, max_epochs=args.max_epochs,
         patience=args.patience, max_minutes=args.max_minutes, seed=args.seed, bf16=not args.no_bf16,

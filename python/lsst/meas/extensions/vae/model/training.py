@@ -48,8 +48,10 @@ class TrainConfig:
     ----------
     kind : `str`
         ``vae`` or ``deblender``.
-    train_dir, val_dir : `str`
-        Folders of blend shards.
+    train_dir : `str` or `list` [`str`]
+        Folder(s) of training blend shards.
+    val_dir : `str`
+        Folder of validation blend shards.
     out_dir : `str`
         Where checkpoints, weights, curves and the log go.
     preset : `str`
@@ -81,7 +83,7 @@ class TrainConfig:
     """
 
     kind: str = "vae"
-    train_dir: str = "runs/train"
+    train_dir: str | list[str] = "runs/train"
     val_dir: str = "runs/val"
     out_dir: str = "runs/vae"
     preset: str = "small"

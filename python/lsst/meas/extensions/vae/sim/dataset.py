@@ -181,13 +181,13 @@ class BlendDataset:
     Parameters
     ----------
     paths : sequence of `str` or `pathlib.Path`, or a folder
-        Shard files, or a folder holding ``shard-*.h5``.
+        Shard files or folders holding ``shard-*.h5`` (in order), or one of them.
     """
 
     def __init__(self, paths: Sequence[str | Path] | str | Path) -> None:
-        if isinstance(paths, (str, Path)) and Path(paths).is_dir():
-            paths = sorted(Path(paths).glob("shard-*.h5"))
-        self.paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+        paths = [paths] if isinstance(paths, (str, Path)) else paths
+        self.paths = [s for p in map(Path, paths)
+                      for s in (sorted(p.glob("shard-*.h5")) if p.is_dir() else [p])]
         if not self.paths:
             raise FileNotFoundError("No shard files given (expected shard-*.h5).")
         self.sizes = []
