@@ -125,6 +125,16 @@ def test_latent_fit_recovers_codes_and_lowers_chi2(field):
     # field's edge (its stamp half outside, unconstrained there) are matched where the image is.
     assert np.abs(models[2] - truth[2]).sum() < 0.1 * np.abs(start[2] - truth[2]).sum()
     assert np.abs(placed(models) - placed(truth)).sum() < 0.3 * np.abs(residual).sum()
+    # Free per-band amplitudes take up a flux the decoder's codes do not give: the isolated galaxy at
+    # 1.5 times its decoded flux in the first band, started from its true code.
+    brighter = truth[2:3].copy()
+    brighter[:, 0] *= 1.5
+    scaled = np.zeros_like(image)
+    paste_stamp(scaled, brighter[0] - truth[2], tuple(centers[2]))
+    _, models = fit_latents(scaled, np.ones(6), None, centers[2:3], labels_true[2:3], z_true[2:3],
+                            truth[2:3], deblender.decode, 33, steps=100, learning_rate=0.05, prior_weight=0.0,
+                            amplitude_sigma=1.0)
+    np.testing.assert_allclose(models[0].sum(axis=(1, 2)), brighter[0].sum(axis=(1, 2)), rtol=0.05)
 
     # On a real simulated blend the fit explains the pixels better than the encoder alone.
     variance = BlendMaker(BlendConfig(stamp_size=33, max_galaxies=1)).make(0, 1, split="test").variance

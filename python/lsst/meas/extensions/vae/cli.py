@@ -92,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-refine", action="store_true", help="no centroid refinement")
     evaluate.add_argument("--fit-steps", type=int, default=0,
                           help="Adam steps of the joint latent fit of each blend (0: none)")
-    evaluate.add_argument("--fit-lr", type=float, default=0.05, help="learning rate of the latent fit")
+    evaluate.add_argument("--fit-lr", type=float, default=0.1, help="learning rate of the latent fit")
     evaluate.add_argument("--fit-prior", type=float, default=1.0, help="weight of the latent prior")
+    evaluate.add_argument("--fit-amplitude-sigma", type=float, default=0.3,
+                          help="free per-band amplitudes in the fit, with this prior width on their log")
     evaluate.add_argument("--no-neighbour-map", action="store_true",
                           help="do not give the network the other peaks' positions")
     evaluate.add_argument("--out", type=Path, required=True)
@@ -258,7 +260,8 @@ def evaluate_weights(args: argparse.Namespace) -> dict:
                                                     use_neighbour_map=not args.no_neighbour_map,
                                                     fit_steps=args.fit_steps,
                                                     fit_learning_rate=args.fit_lr,
-                                                    fit_prior_weight=args.fit_prior))
+                                                    fit_prior_weight=args.fit_prior,
+                                                    fit_amplitude_sigma=args.fit_amplitude_sigma))
     rows = [("VAE deblender", metrics), ("no deblending", metrics["baseline"]),
             ("VAE on isolated (bound)", metrics["isolated_bound"])]
     print(f"{metrics['n']} '{args.preset}' test blends, central galaxy, r band")

@@ -66,6 +66,9 @@ class DeblendConfig:
         Adam's step in latent units.
     fit_prior_weight : `float`
         Weight of the latent prior against the pixels' chi-square.
+    fit_amplitude_sigma : `float`
+        If > 0, the fit also scales each galaxy's model per band, with a Gaussian prior of this width on
+        the logarithm of the factor (0: the decoder's fluxes as they are).
     """
 
     iterations: int = 2
@@ -76,8 +79,9 @@ class DeblendConfig:
     keep_conserved_images: bool = True
     use_neighbour_map: bool = True
     fit_steps: int = 0
-    fit_learning_rate: float = 0.05
+    fit_learning_rate: float = 0.1
     fit_prior_weight: float = 1.0
+    fit_amplitude_sigma: float = 0.3
 
 
 @dataclasses.dataclass
@@ -360,6 +364,7 @@ def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarra
     _, fitted = fit_latents(residual, 1.0 / np.asarray(variance, dtype=np.float64), bad, centers, labels,
                             latents, models, model.decode, stamp_size, steps=config.fit_steps,
                             learning_rate=config.fit_learning_rate, prior_weight=config.fit_prior_weight,
+                            amplitude_sigma=config.fit_amplitude_sigma,
                             device=getattr(model, "device", "cpu"))
     return fitted
 

@@ -18,16 +18,20 @@ from __future__ import annotations
 __all__ = ["fit_latents", "estimate_variance", "median_variance", "FIT_STEPS_DEFAULT"]
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 # The pipeline tasks' default number of Adam steps (see docs/benchmarks.md for what it buys and costs).
 FIT_STEPS_DEFAULT = 0
 
-# latents (n, latent) -> models (n, bands, s, s) in electrons, differentiable
-Decoder = Callable[[torch.Tensor], torch.Tensor]
+# latents (n, latent) -> models (n, bands, s, s) in electrons, differentiable (torch tensors; torch is
+# imported when a fit runs, so that the Rubin task's module imports without it)
+Decoder = Callable[[Any], Any]
 
 
 def estimate_variance(image: np.ndarray, footprints: np.ndarray | None, bad: np.ndarray | None
@@ -81,6 +85,7 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
                 centers: np.ndarray, labels: np.ndarray, latents: np.ndarray, start: np.ndarray,
                 decode: Decoder,
                 stamp_size: int, steps: int = 30, learning_rate: float = 0.05, prior_weight: float = 1.0,
+                amplitude_sigma: float = 0.0,
                 device: torch.device | str = "cpu", max_pixels: int = 2_000_000, max_galaxies: int = 512,
                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Fit the latent codes of every parent's galaxies jointly to the image.
@@ -110,6 +115,9 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
     learning_rate : `float`
     prior_weight : `float`
         Weight of the standard-normal prior on the codes.
+    amplitude_sigma : `float`
+        If > 0, every galaxy also gets a free amplitude per band (a factor on its decoded model), with a
+        Gaussian prior of this width on its logarithm.
     device : `torch.device` or `str`
     max_pixels, max_galaxies : `int`
         Size of a batch of parents (padded canvas pixels per band, galaxies).
@@ -122,6 +130,8 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
     models : `numpy.ndarray` (n, bands, s, s), float32
         Their decoded models, electrons.
     """
+    import torch
+
     n = len(centers)
     fitted = np.asarray(latents, dtype=np.float32).copy()
     bands, height, width = residual.shape
@@ -166,11 +176,19 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
         data_t = torch.from_numpy(data).to(device).reshape(-1)
         inv_var_t = torch.from_numpy(inv_var).to(device).reshape(-1)
         z = torch.from_numpy(fitted[members]).to(device).requires_grad_(True)
-        optimizer = torch.optim.Adam([z], lr=learning_rate)
+        log_amplitude = torch.zeros((len(members), bands, 1, 1), device=device, requires_grad=True)
+        free = amplitude_sigma > 0
+        optimizer = torch.optim.Adam([z, log_amplitude] if free else [z], lr=learning_rate)
+
+        def render() -> torch.Tensor:
+            return decode(z) * torch.exp(log_amplitude) if free else decode(z)
+
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            canvas = torch.zeros_like(data_t).index_add(0, index, decode(z).reshape(-1))
+            canvas = torch.zeros_like(data_t).index_add(0, index, render().reshape(-1))
             loss = 0.5 * ((data_t - canvas) ** 2 * inv_var_t).sum() + 0.5 * prior_weight * (z**2).sum()
+            if free:
+                loss = loss + 0.5 * ((log_amplitude / amplitude_sigma) ** 2).sum()
             if not torch.isfinite(loss):
                 break
             loss.backward()
@@ -178,7 +196,7 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
         if torch.isfinite(loss) and torch.isfinite(z).all():
             fitted[members] = z.detach().cpu().numpy()
             with torch.no_grad():
-                models[members] = decode(z).cpu().numpy()
+                models[members] = render().cpu().numpy()
         else:  # a diverged fit keeps the encoder's models
             models[members] = start[members]
     return fitted, models

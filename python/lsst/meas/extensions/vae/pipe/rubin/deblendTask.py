@@ -310,6 +310,11 @@ class VaeDeblendCoaddConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Vae
         doc="Weight of the latent prior in the fit.",
         default=1.0,
     )
+    fitAmplitudeSigma = pexConfig.Field[float](
+        doc="Width of the prior on the log of each child's free per-band amplitude in the fit "
+            "(0: no free amplitudes).",
+        default=0.3,
+    )
     maxCentroidShift = pexConfig.Field[float](
         doc="Largest centroid correction, pixels.",
         default=3.0,
@@ -397,7 +402,8 @@ class VaeDeblendCoaddConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Vae
         return DeblendConfig(iterations=self.iterations, refine_centroids=self.doRefineCentroids,
                              max_centroid_shift=self.maxCentroidShift, conserve_flux=self.doConserveFlux,
                              fit_steps=self.fitSteps, fit_learning_rate=self.fitLearningRate,
-                             fit_prior_weight=self.fitPriorWeight)
+                             fit_prior_weight=self.fitPriorWeight,
+                             fit_amplitude_sigma=self.fitAmplitudeSigma)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -117,6 +117,9 @@ class VaeDeblendConfig(PipelineTaskConfig, pipelineConnections=VaeDeblendConnect
             "docs/benchmarks.md.", default=FIT_STEPS_DEFAULT)
     fitLearningRate = Field[float](doc="Adam's step of the latent fit, latent units.", default=0.1)
     fitPriorWeight = Field[float](doc="Weight of the latent prior in the fit.", default=1.0)
+    fitAmplitudeSigma = Field[float](
+        doc="Width of the prior on the log of each child's free per-band amplitude in the fit "
+            "(0: no free amplitudes).", default=0.3)
     peaksPerCall = Field[int](doc="Peaks of the parents deblended together in one call of the core "
                               "(bounds the memory of their stamps and models).", default=2000)
     maxNumberOfPeaks = Field[int](
@@ -363,7 +366,8 @@ class VaeDeblendTask(PipelineTask):
                              conserve_flux=self.config.doConserveFlux, n_samples=0,
                              keep_conserved_images=False, fit_steps=self.config.fitSteps,
                              fit_learning_rate=self.config.fitLearningRate,
-                             fit_prior_weight=self.config.fitPriorWeight)
+                             fit_prior_weight=self.config.fitPriorWeight,
+                             fit_amplitude_sigma=self.config.fitAmplitudeSigma)
 
     @timeMethod
     def _deblend_all(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
