@@ -349,7 +349,8 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
 
 def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarray,
          variance: np.ndarray | None, centers: np.ndarray, labels: np.ndarray, neighbours: np.ndarray,
-         models: np.ndarray, latents: np.ndarray | None, stamp_size: int, config: DeblendConfig) -> np.ndarray:
+         models: np.ndarray, latents: np.ndarray | None, stamp_size: int, config: DeblendConfig
+         ) -> np.ndarray:
     """The joint latent fit of every parent's galaxies, starting from the encoder's codes of ``models``."""
     residual = clean.copy()
     for i in range(len(centers)):

@@ -10,7 +10,9 @@ frozen decoder, to maximise
 a Gaussian likelihood with the known noise variance and the VAE's standard-normal prior (weight ``w``),
 starting from the encoder's codes (as MADNESS does, Biswas et al. 2025, with a flow prior instead).  Unlike
 the stamp-by-stamp encoder the fit sees the whole parent at once, so the models must add up to the data
-where the galaxies overlap.  Pure torch on arrays; parents are fitted in batches on padded canvases.
+where the galaxies overlap.  Optionally each galaxy also gets a free amplitude per band, with a log-normal
+prior: the latent space does not hold every galaxy's exact flux.  Pure torch on arrays; parents are
+fitted in batches on padded canvases.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def _batches(sizes: np.ndarray, counts: np.ndarray, max_pixels: int, max_galaxie
 def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray | None,
                 centers: np.ndarray, labels: np.ndarray, latents: np.ndarray, start: np.ndarray,
                 decode: Decoder,
-                stamp_size: int, steps: int = 30, learning_rate: float = 0.05, prior_weight: float = 1.0,
+                stamp_size: int, steps: int = 60, learning_rate: float = 0.1, prior_weight: float = 1.0,
                 amplitude_sigma: float = 0.0,
                 device: torch.device | str = "cpu", max_pixels: int = 2_000_000, max_galaxies: int = 512,
                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
