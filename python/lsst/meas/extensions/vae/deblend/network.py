@@ -71,10 +71,7 @@ class VaeDeblender:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         for lo in range(0, n, self.batch_size):
             hi = min(n, lo + self.batch_size)
-            x = torch.from_numpy(np.ascontiguousarray(stamps[lo:hi], dtype=np.float32)).to(self.device)
-            maps = torch.from_numpy(neighbour_maps(neighbours[lo:hi], size)).to(self.device)
-            x = self.norm.forward(x).contiguous(memory_format=torch.channels_last)
-            mean, log_std = self.deblender.encoder(torch.cat([x, maps], dim=1))
+            mean, log_std = self._encode_batch(stamps[lo:hi], neighbours[lo:hi])
             models[lo:hi] = self.decode(mean).cpu().numpy()
             if n_samples:
                 fluxes = []
@@ -90,12 +87,16 @@ class VaeDeblender:
         codes = []
         for lo in range(0, len(stamps), self.batch_size):
             hi = min(len(stamps), lo + self.batch_size)
-            x = torch.from_numpy(np.ascontiguousarray(stamps[lo:hi], dtype=np.float32)).to(self.device)
-            maps = torch.from_numpy(neighbour_maps(neighbours[lo:hi], self.stamp_size)).to(self.device)
-            x = self.norm.forward(x).contiguous(memory_format=torch.channels_last)
-            codes.append(self.deblender.encoder(torch.cat([x, maps], dim=1))[0].cpu().numpy())
+            codes.append(self._encode_batch(stamps[lo:hi], neighbours[lo:hi])[0].cpu().numpy())
         return (np.concatenate(codes) if codes
                 else np.zeros((0, self.vae.config.latent), dtype=np.float32))
+
+    def _encode_batch(self, stamps: np.ndarray, neighbours: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-std of the latent distribution for one batch of stamps (electrons)."""
+        x = torch.from_numpy(np.ascontiguousarray(stamps, dtype=np.float32)).to(self.device)
+        maps = torch.from_numpy(neighbour_maps(neighbours, self.stamp_size)).to(self.device)
+        x = self.norm.forward(x).contiguous(memory_format=torch.channels_last)
+        return self.deblender.encoder(torch.cat([x, maps], dim=1))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Models in electrons from latent codes (on this deblender's device), differentiable in ``z``."""
