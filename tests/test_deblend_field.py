@@ -150,6 +150,38 @@ def test_latent_fit_recovers_codes_and_lowers_chi2(field):
     np.testing.assert_array_equal(again[0].model, fitted_children[0].model)  # deterministic on the CPU
 
 
+def test_latent_fit_steps_in_units_of_the_latent_scale():
+    # With the shipped decoder: a galaxy's code 3 units off along the dimension the decoder is most
+    # sensitive to.  Unit steps stall on the flat likelihood (Adam moves each coordinate about lr per step);
+    # with that dimension's scale at 4 the fit gets close.
+    deblender = VaeDeblender("lsst", device="cpu")
+    latent = deblender.vae.config.latent
+    z_true = (np.random.default_rng(3).standard_normal((1, latent)) * 0.5).astype(np.float32)
+    with torch.no_grad():
+        truth = deblender.decode(torch.from_numpy(z_true)).numpy()
+        shifted = torch.from_numpy(z_true + np.eye(latent, dtype=np.float32))
+        dim = int(np.abs(deblender.decode(shifted).numpy() - truth).sum(axis=(1, 2, 3)).argmax())
+        far = z_true.copy()
+        far[0, dim] += 3.0
+        far_model = deblender.decode(torch.from_numpy(far)).numpy()
+    size = deblender.stamp_size
+    residual = np.zeros((6, size, size), dtype=np.float32)
+    paste_stamp(residual, truth[0] - far_model[0], (size // 2, size // 2))
+    inverse_variance = 1.0 / np.array(deblender.norm.scales) ** 2
+    errors = {}
+    for name, latent_scale in (("unit", None), ("scaled", np.where(np.arange(latent) == dim, 4.0, 1.0))):
+        fitted, _ = fit_latents(residual, inverse_variance, None, np.array([[size // 2, size // 2]]),
+                                np.array([1]), far, far_model, deblender.decode, size, steps=30,
+                                learning_rate=0.05, prior_weight=0.0, latent_scale=latent_scale)
+        errors[name] = abs(fitted[0, dim] - z_true[0, dim])
+    assert errors["unit"] > 1.5 and errors["scaled"] < 0.6, errors
+    with pytest.raises(ValueError, match="latent_scale"):
+        fit_latents(residual, inverse_variance, None, np.array([[size // 2, size // 2]]), np.array([1]),
+                    far, far_model, deblender.decode, size, steps=1, latent_scale=-np.ones(latent))
+    # The shipped weights carry the spread of the training galaxies' codes.
+    assert deblender.latent_scale.shape == (latent,) and np.all(deblender.latent_scale > 0)
+
+
 def test_variance_from_the_sky_pixels():
     rng = np.random.default_rng(0)
     image = rng.normal(0.0, [[[2.0]], [[5.0]]], size=(2, 120, 120)).astype(np.float32)

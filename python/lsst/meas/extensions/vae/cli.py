@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--vae", default="runs/vae")
     bundle.add_argument("--deblender", default="runs/deblender")
     bundle.add_argument("--out", default="weights/lsst.safetensors")
+    bundle.add_argument("--latent-data", default="",
+                        help="blend shards whose central galaxies give the latent spread stored with the "
+                             "weights (default: the VAE's training data)")
+    bundle.add_argument("--latent-samples", type=int, default=30000, help="galaxies for the latent spread")
+    bundle.add_argument("--seed", type=int, default=0, help="seed of the noise for the latent spread")
 
     evaluate = commands.add_parser("evaluate", help="score the deblender on simulated test blends")
     evaluate.add_argument("--weights", default="lsst", help="shipped weights name or .safetensors path")
@@ -242,6 +247,19 @@ def bundle_weights(args: argparse.Namespace) -> None:
                 extra.setdefault("data_seed", str(info.get("seed")))
     if deb_meta.get("data_config"):
         extra["data_config"] = deb_meta["data_config"]
+    latent_data = args.latent_data or json.loads(vae_meta.get("train_config") or "{}").get("train_dir")
+    if latent_data:
+        from .model.latents import latent_spread
+        from .sim.dataset import BlendDataset
+
+        dataset = BlendDataset(latent_data)
+        spread = latent_spread(vae, norm, dataset, n=args.latent_samples, seed=args.seed, progress=True)
+        extra["latent_spread"] = json.dumps([round(float(v), 6) for v in spread])
+        extra["latent_spread_data"] = json.dumps({"data": latent_data, "n": min(args.latent_samples,
+                                                                                 len(dataset)),
+                                                  "seed": args.seed})
+    else:
+        print("no data for the latent spread: the latent fit will step in unit latent coordinates")
     extra["bundle_command"] = ("vae-deblend " + " ".join(sys.argv[1:])
                                if sys.argv[0].endswith("vae-deblend") else "")
     path = save_bundle(args.out, vae, deblender, norm, vae_meta["likelihood"], extra=extra)

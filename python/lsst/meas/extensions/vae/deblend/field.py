@@ -366,6 +366,7 @@ def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarra
                             latents, models, model.decode, stamp_size, steps=config.fit_steps,
                             learning_rate=config.fit_learning_rate, prior_weight=config.fit_prior_weight,
                             amplitude_sigma=config.fit_amplitude_sigma,
+                            latent_scale=getattr(model, "latent_scale", None),
                             device=getattr(model, "device", "cpu"))
     return fitted
 

@@ -13,6 +13,12 @@ the stamp-by-stamp encoder the fit sees the whole parent at once, so the models 
 where the galaxies overlap.  Optionally each galaxy also gets a free amplitude per band, with a log-normal
 prior: the latent space does not hold every galaxy's exact flux.  Pure torch on arrays; parents are
 fitted in batches on padded canvases.
+
+The steps are taken in units of the spread of real galaxies' codes along each latent dimension
+(``latent_scale``, stored with the weights): with a small KL weight those spreads range from 0.3 to 4, and
+Adam's steps, alike in every coordinate, would otherwise leave the broad directions nearly where the
+encoder put them.  Along those directions the likelihood of a faint neighbour next to a bright galaxy is
+flat, and the neighbour kept the extra light the encoder gave it (docs/benchmarks.md, the paper set).
 """
 
 from __future__ import annotations
@@ -87,7 +93,7 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
                 centers: np.ndarray, labels: np.ndarray, latents: np.ndarray, start: np.ndarray,
                 decode: Decoder,
                 stamp_size: int, steps: int = 60, learning_rate: float = 0.1, prior_weight: float = 1.0,
-                amplitude_sigma: float = 0.0,
+                amplitude_sigma: float = 0.0, latent_scale: np.ndarray | None = None,
                 device: torch.device | str = "cpu", max_pixels: int = 2_000_000, max_galaxies: int = 512,
                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Fit the latent codes of every parent's galaxies jointly to the image.
@@ -120,6 +126,9 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
     amplitude_sigma : `float`
         If > 0, every galaxy also gets a free amplitude per band (a factor on its decoded model), with a
         Gaussian prior of this width on its logarithm.
+    latent_scale : `numpy.ndarray` (latent,), optional
+        Step scale of every latent dimension: the codes are ``latents + latent_scale * u`` and Adam moves
+        ``u`` (the prior stays on the codes).  Unit when not given.
     device : `torch.device` or `str`
     max_pixels, max_galaxies : `int`
         Size of a batch of parents (padded canvas pixels per band, galaxies).
@@ -143,6 +152,11 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
     good = np.ones((height, width), dtype=np.float32) if bad is None else (~bad).astype(np.float32)
     inverse_variance = np.asarray(inverse_variance, dtype=np.float32)[:, None, None]
     half = stamp_size // 2
+    scale = torch.ones(fitted.shape[1]) if latent_scale is None else torch.as_tensor(
+        np.asarray(latent_scale, dtype=np.float32))
+    if scale.shape != (fitted.shape[1],) or not bool(torch.all(scale > 0)):
+        raise ValueError(f"latent_scale must hold {fitted.shape[1]} positive values.")
+    scale = scale.to(device)
     centers = np.asarray(centers, dtype=np.int64)
     unique, inverse = np.unique(labels, return_inverse=True)
     low = np.full((len(unique), 2), np.iinfo(np.int64).max)
@@ -177,17 +191,19 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
         index = torch.from_numpy((base[:, None, None, None] + within[None]).reshape(-1)).to(device)
         data_t = torch.from_numpy(data).to(device).reshape(-1)
         inv_var_t = torch.from_numpy(inv_var).to(device).reshape(-1)
-        z = torch.from_numpy(fitted[members]).to(device).requires_grad_(True)
+        z_start = torch.from_numpy(fitted[members]).to(device)
+        step = torch.zeros_like(z_start, requires_grad=True)
         log_amplitude = torch.zeros((len(members), bands, 1, 1), device=device, requires_grad=True)
         free = amplitude_sigma > 0
-        optimizer = torch.optim.Adam([z, log_amplitude] if free else [z], lr=learning_rate)
+        optimizer = torch.optim.Adam([step, log_amplitude] if free else [step], lr=learning_rate)
 
-        def render() -> torch.Tensor:
+        def render(z: torch.Tensor) -> torch.Tensor:
             return decode(z) * torch.exp(log_amplitude) if free else decode(z)
 
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            canvas = torch.zeros_like(data_t).index_add(0, index, render().reshape(-1))
+            z = z_start + scale * step
+            canvas = torch.zeros_like(data_t).index_add(0, index, render(z).reshape(-1))
             loss = 0.5 * ((data_t - canvas) ** 2 * inv_var_t).sum() + 0.5 * prior_weight * (z**2).sum()
             if free:
                 loss = loss + 0.5 * ((log_amplitude / amplitude_sigma) ** 2).sum()
@@ -195,10 +211,11 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
                 break
             loss.backward()
             optimizer.step()
+        z = (z_start + scale * step).detach()
         if torch.isfinite(loss) and torch.isfinite(z).all():
-            fitted[members] = z.detach().cpu().numpy()
+            fitted[members] = z.cpu().numpy()
             with torch.no_grad():
-                models[members] = render().cpu().numpy()
+                models[members] = render(z).cpu().numpy()
         else:  # a diverged fit keeps the encoder's models
             models[members] = start[members]
     return fitted, models

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __all__ = ["VaeDeblender"]
 
+import json
+
 import numpy as np
 import torch
 
@@ -37,6 +39,10 @@ class VaeDeblender:
         self.batch_size = batch_size
         self.deblender = self.deblender.to(memory_format=torch.channels_last)
         self.deblender.decoder.requires_grad_(False)  # frozen: latent fits need gradients of z only
+        # Spread of real galaxies' codes per latent dimension: the latent fit's step scale (None in weights
+        # bundled before it was stored).
+        spread = self.metadata.get("latent_spread")
+        self.latent_scale = np.array(json.loads(spread), dtype=np.float32) if spread else None
 
     @torch.no_grad()
     def __call__(self, stamps: np.ndarray, neighbours: np.ndarray, n_samples: int = 0, seed: int = 0
