@@ -63,7 +63,8 @@ class DeblendConfig:
         Adam steps of the joint latent fit of each parent's galaxies (0: no fit; otherwise the model must
         offer ``encode`` and ``decode``, as `VaeDeblender` does).
     fit_learning_rate : `float`
-        Adam's step in latent units.
+        Adam's step, in units of the latent spread the weights carry (``latent_scale``), else of the
+        latent coordinates.
     fit_prior_weight : `float`
         Weight of the latent prior against the pixels' chi-square.
     fit_amplitude_sigma : `float`

@@ -303,7 +303,7 @@ class VaeDeblendCoaddConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Vae
         default=FIT_STEPS_DEFAULT,
     )
     fitLearningRate = pexConfig.Field[float](
-        doc="Adam's step of the latent fit, latent units.",
+        doc="Adam's step of the latent fit, in units of the weights' latent spread.",
         default=0.1,
     )
     fitPriorWeight = pexConfig.Field[float](

@@ -115,7 +115,8 @@ class VaeDeblendConfig(PipelineTaskConfig, pipelineConnections=VaeDeblendConnect
         doc="Adam steps of the joint latent fit of each parent's galaxies to its pixels, through the "
             "frozen decoder (0: the encoder's models as they are). More accurate, and slower: see "
             "docs/benchmarks.md.", default=FIT_STEPS_DEFAULT)
-    fitLearningRate = Field[float](doc="Adam's step of the latent fit, latent units.", default=0.1)
+    fitLearningRate = Field[float](doc="Adam's step of the latent fit, in units of the weights' "
+                                   "latent spread.", default=0.1)
     fitPriorWeight = Field[float](doc="Weight of the latent prior in the fit.", default=1.0)
     fitAmplitudeSigma = Field[float](
         doc="Width of the prior on the log of each child's free per-band amplitude in the fit "
