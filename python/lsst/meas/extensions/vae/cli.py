@@ -254,7 +254,8 @@ def bundle_weights(args: argparse.Namespace) -> None:
 
         dataset = BlendDataset(latent_data)
         spread = latent_spread(vae, norm, dataset, n=args.latent_samples, seed=args.seed, progress=True)
-        extra["latent_spread"] = json.dumps([round(float(v), 6) for v in spread])
+        # Six decimals, never zero (a collapsed dimension would otherwise make the fit's scale invalid).
+        extra["latent_spread"] = json.dumps([max(round(float(v), 6), 1e-6) for v in spread])
         extra["latent_spread_data"] = json.dumps({"data": latent_data, "n": min(args.latent_samples,
                                                                                  len(dataset)),
                                                   "seed": args.seed})
