@@ -47,3 +47,11 @@ def tiny_training(tmp_path_factory):
     bundle = save_bundle(root / "tiny.safetensors", vae, deblender, norm, meta["likelihood"],
                          extra={"data_config": json.dumps(dataclasses.asdict(config))})
     return {"root": root, "vae_run": vae_run, "deblender_run": deb_run, "bundle": bundle}
+
+
+@pytest.fixture(scope="session")
+def tiny_deblender(tiny_training):
+    """The tiny training run's bundle as a `VaeDeblender` on the CPU (33x33 stamps)."""
+    from lsst.meas.extensions.vae.deblend.network import VaeDeblender
+
+    return VaeDeblender(str(tiny_training["bundle"]), device="cpu")

@@ -302,9 +302,9 @@ def test_deblend_masks_non_finite_pixels(network, detections):
 
 
 def test_deblend_needs_the_network_bands(network, coadds, detections):
-    with pytest.raises(ValueError, match="lacks y"):
-        VaeDeblendTask(model=network).run([c for c in coadds if c.band != "y"], detections.mergedDetections,
-                                          detections.peaks, detections.footprints)
+    with pytest.raises(ValueError, match="none of the bands"):
+        VaeDeblendTask(model=network).run([], detections.mergedDetections, detections.peaks,
+                                          detections.footprints)
     # Weights made for other bands than asked for are refused when loaded.
     with pytest.raises(WeightsMismatchError, match="made for bands"):
         VaeDeblender("lsst", bands=("r", "N921"), device="cpu")

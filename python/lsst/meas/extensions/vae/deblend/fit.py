@@ -89,20 +89,20 @@ def _batches(sizes: np.ndarray, counts: np.ndarray, max_pixels: int, max_galaxie
     return batches
 
 
-def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray | None,
+def fit_latents(image: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray | None,
                 centers: np.ndarray, labels: np.ndarray, latents: np.ndarray, start: np.ndarray,
                 decode: Decoder,
                 stamp_size: int, steps: int = 60, learning_rate: float = 0.1, prior_weight: float = 1.0,
                 amplitude_sigma: float = 0.0, latent_scale: np.ndarray | None = None,
                 device: torch.device | str = "cpu", max_pixels: int = 2_000_000, max_galaxies: int = 512,
-                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                progress: bool = False, footprints: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Fit the latent codes of every parent's galaxies jointly to the image.
 
     Parameters
     ----------
-    residual : `numpy.ndarray` (bands, h, w)
-        The image minus the ``start`` models of every galaxy: each parent's own are added back on its
-        canvas, so its galaxies are fitted to the data minus the other parents' models.
+    image : `numpy.ndarray` (bands, h, w)
+        The observed image; each parent's galaxies are fitted to it alone.
     inverse_variance : `numpy.ndarray` (bands,)
         Inverse noise variance per band.
     bad : `numpy.ndarray` (h, w) of `bool`, optional
@@ -114,7 +114,7 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
     latents : `numpy.ndarray` (n, latent)
         Starting codes (the encoder's).
     start : `numpy.ndarray` (n, bands, s, s)
-        The models subtracted in ``residual``, centred on ``centers``.
+        The starting models (kept for a parent whose fit diverges), centred on ``centers``.
     decode : callable
         Latent codes to models in electrons, differentiable (the frozen decoder).
     stamp_size : `int`
@@ -134,6 +134,9 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
         Size of a batch of parents (padded canvas pixels per band, galaxies).
     progress : `bool`
         Show a progress bar over the batches.
+    footprints : `numpy.ndarray` (h, w) of `int`, optional
+        Parent label of every pixel: pixels of other parents' footprints are left out of each parent's
+        fit (all pixels count when not given).
 
     Returns
     -------
@@ -145,7 +148,7 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
 
     n = len(centers)
     fitted = np.asarray(latents, dtype=np.float32).copy()
-    bands, height, width = residual.shape
+    bands, height, width = image.shape
     models = np.zeros((n, bands, stamp_size, stamp_size), dtype=np.float32)
     if n == 0 or steps <= 0:
         return fitted, np.asarray(start, dtype=np.float32).copy()
@@ -176,11 +179,11 @@ def fit_latents(residual: np.ndarray, inverse_variance: np.ndarray, bad: np.ndar
             ys = slice(max(y0, 0), min(y0 + sizes[p, 0], height))
             cx = slice(xs.start - x0, xs.stop - x0)
             cy = slice(ys.start - y0, ys.stop - y0)
-            data[k, :, cy, cx] = residual[:, ys, xs]
-            for i in np.flatnonzero(inverse == p):  # the parent's own light back
-                x, y = centers[i] - half - low[p]
-                data[k, :, y:y + stamp_size, x:x + stamp_size] += start[i]
-            inv_var[k, :, cy, cx] = good[ys, xs] * inverse_variance
+            data[k, :, cy, cx] = image[:, ys, xs]
+            weight = good[ys, xs]
+            if footprints is not None:
+                weight = weight * np.isin(footprints[ys, xs], (0, unique[p]))
+            inv_var[k, :, cy, cx] = weight * inverse_variance
         slot = np.full(len(unique), -1)
         slot[batch] = np.arange(len(batch))
         members = np.flatnonzero(np.isin(inverse, batch))

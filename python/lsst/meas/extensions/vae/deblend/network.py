@@ -13,6 +13,13 @@ from ..model.networks import neighbour_maps
 from ..model.training import default_device, network_output
 from ..model.weights import load_bundle
 
+# On the CPU, network calls run on batches padded to a multiple of this: oneDNN's kernels round their sums
+# differently for batches of other sizes (measured: models up to 7e-4 e- apart for batches of 1-7, 9-11,
+# 13-37 stamps against batches of 8), so that a stamp's model would depend on how many stamps share its
+# call.  Padded, every stamp's model is the same bit for bit whatever the batch size or the grouping of
+# parents into calls (tests/test_robust_determinism.py); the cost is at most 7 extra stamps per call.
+BATCH_MULTIPLE = 8
+
 
 class VaeDeblender:
     """The shipped (or any bundled) VAE deblender, applied to stamps centred on peaks.
@@ -97,13 +104,20 @@ class VaeDeblender:
         return (np.concatenate(codes) if codes
                 else np.zeros((0, self.vae.config.latent), dtype=np.float32))
 
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with zero rows appended up to a multiple of `BATCH_MULTIPLE` rows, on the CPU."""
+        extra = -len(x) % BATCH_MULTIPLE if self.device.type == "cpu" else 0
+        return torch.cat([x, x.new_zeros((extra,) + tuple(x.shape[1:]))]) if extra else x
+
     def _encode_batch(self, stamps: np.ndarray, neighbours: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-std of the latent distribution for one batch of stamps (electrons)."""
-        x = torch.from_numpy(np.ascontiguousarray(stamps, dtype=np.float32)).to(self.device)
-        maps = torch.from_numpy(neighbour_maps(neighbours, self.stamp_size)).to(self.device)
+        x = self._padded(torch.from_numpy(np.ascontiguousarray(stamps, dtype=np.float32))).to(self.device)
+        maps = self._padded(torch.from_numpy(neighbour_maps(neighbours, self.stamp_size))).to(self.device)
         x = self.norm.forward(x).contiguous(memory_format=torch.channels_last)
-        return self.deblender.encoder(torch.cat([x, maps], dim=1))
+        mean, log_std = self.deblender.encoder(torch.cat([x, maps], dim=1))
+        return mean[: len(stamps)], log_std[: len(stamps)]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Models in electrons from latent codes (on this deblender's device), differentiable in ``z``."""
-        return self.norm.inverse(network_output(self.deblender.decoder(z), self.likelihood))
+        raw = self.deblender.decoder(self._padded(z))[: len(z)]
+        return self.norm.inverse(network_output(raw, self.likelihood))

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .networks import VAE, Deblender, NetworkConfig
@@ -110,11 +110,15 @@ def _check(meta: dict[str, str], path: Path, bands, stamp_size, normalization) -
 
 
 def _load(path: Path, device) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    meta = read_metadata(path)
+    try:
+        meta = read_metadata(path)
+        tensors = load_file(str(path), device="cpu") if meta.get("format_version") == FORMAT_VERSION else {}
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise ValueError(f"{path} cannot be read as a safetensors weights file (truncated, or not one): "
+                         f"{error}") from error
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a meas_extensions_vae weights file "
                          f"(format {meta.get('format_version')}).")
-    tensors = load_file(str(path), device="cpu")
     if _digest(tensors) != meta.get("sha256"):
         raise ValueError(f"{path}: tensors do not match their sha256: the file is corrupt.")
     return {k: v.to(device) for k, v in tensors.items()}, meta

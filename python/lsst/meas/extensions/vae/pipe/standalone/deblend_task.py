@@ -47,8 +47,10 @@ from .models import BlendModel, ChildModel, VaeModelData
 
 # Parent flag columns, in a fixed order (object_parent_patch of every patch is stacked downstream).
 PARENT_FLAGS = ("deblend_skipped", "deblend_skipped_isolatedParent", "deblend_skipped_tooManyPeaks",
-                "deblend_skipped_parentTooBig", "deblend_skipped_masked", "deblend_failed")
-CHILD_FLAGS = ("deblend_edgePixels", "deblend_masked", "deblend_refined", "deblend_zeroFlux")
+                "deblend_skipped_parentTooBig", "deblend_skipped_masked", "deblend_failed",
+                "deblend_missingBand")
+CHILD_FLAGS = ("deblend_edgePixels", "deblend_masked", "deblend_refined", "deblend_zeroFlux",
+               "deblend_peakOutsideImage", "deblend_peakOutsideFootprint")
 
 
 class VaeDeblendConnections(PipelineTaskConnections, dimensions=PATCH_DIMENSIONS):
@@ -233,8 +235,8 @@ class VaeDeblendTask(PipelineTask):
         """
         model = self.model
         bands = tuple(model.bands)
-        image, bad, bbox = self._gather(coadds, bands, footprints)
-        noise = self._noise_variance(coadds, bands, bad) if self.config.fitSteps > 0 else None
+        image, bad, bbox, missing_bands = self._gather(coadds, bands, footprints)
+        noise = self._noise_variance(coadds, bands, bad, missing_bands) if self.config.fitSteps > 0 else None
         x0, y0 = bbox[0], bbox[1]
         labels = footprints.labels
         boxes, _ = footprint_boxes(labels, len(footprints.ids))  # by label - 1, array pixels
@@ -268,6 +270,7 @@ class VaeDeblendTask(PipelineTask):
                                 for b in range(len(bands))], axis=1) if n else np.zeros((0, len(bands)))
 
         flags = {name: np.zeros(n, dtype=bool) for name in PARENT_FLAGS}
+        flags["deblend_missingBand"][:] = bool(missing_bands)
         flags["deblend_skipped_tooManyPeaks"] = (self.config.maxNumberOfPeaks > 0) & \
             (n_peaks > self.config.maxNumberOfPeaks)
         flags["deblend_skipped_parentTooBig"] = (self.config.maxFootprintArea > 0) & \
@@ -292,6 +295,11 @@ class VaeDeblendTask(PipelineTask):
             outcomes.update(self._deblend_all(image, bad, labels, boxes, parent_labels, members, peak_xy,
                                               todo[group == g], noise))
         for i, outcome in outcomes.items():
+            for child in outcome.children:  # no light is invented in a band the patch lacks
+                for band in missing_bands:
+                    b = bands.index(band)
+                    child.model[b] = 0.0
+                    child.flux_model[b] = child.flux_conserved[b] = 0.0
             finite = all(np.isfinite(c.model).all() and np.isfinite(c.flux_conserved).all()
                          for c in outcome.children)
             if not outcome.error and not finite:
@@ -311,21 +319,26 @@ class VaeDeblendTask(PipelineTask):
                     "stamp_size": int(model.stamp_size), "iterations": self.config.iterations,
                     "doRefineCentroids": self.config.doRefineCentroids,
                     "doConserveFlux": self.config.doConserveFlux, "fitSteps": self.config.fitSteps,
-                    "bbox": list(bbox)}
+                    "bbox": list(bbox), "missing_bands": list(missing_bands)}
         return Struct(deblendedCatalog=objects, objectParents=parents_out,
                       vaeModelData=VaeModelData(bands=bands, blends=blends, metadata=metadata))
 
     def _gather(self, coadds: list[Coadd], bands: tuple[str, ...], footprints: FootprintImage
-                ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]]:
-        """The (bands, h, w) image in the network's band order, and the bad-pixel mask."""
+                ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int], tuple[str, ...]]:
+        """The (bands, h, w) image in the network's band order, the bad-pixel mask, the box and the
+        network's bands that the patch lacks (zero in the image; their children are flagged)."""
         by_band = {c.band: c for c in coadds}
-        missing = [b for b in bands if b not in by_band]
+        missing = tuple(b for b in bands if b not in by_band)
+        if len(missing) == len(bands):
+            raise ValueError(f"The weights {self.config.weights!r} are for bands {''.join(bands)}; the "
+                             f"patch has none of the bands ({''.join(sorted(by_band)) or 'no coadd'}).")
         if missing:
-            raise ValueError(f"The network needs bands {''.join(bands)}; the patch lacks {''.join(missing)}.")
+            self.log.warning("The patch has no %s coadd: the network sees zeros there, and every object is "
+                             "flagged deblend_missingBand.", "".join(missing))
         extra = sorted(set(by_band) - set(bands))
         if extra:
             self.log.info("Bands %s are not used by the network.", "".join(extra))
-        chosen = [by_band[b] for b in bands]
+        chosen = [by_band[b] for b in bands if b in by_band]
         bbox = chosen[0].bbox
         for coadd in chosen:
             if coadd.bbox != bbox:
@@ -333,26 +346,32 @@ class VaeDeblendTask(PipelineTask):
                                  "every band on one pixel grid.")
         if footprints.bbox != bbox:
             raise ValueError(f"Footprints cover {footprints.bbox}, the coadds {bbox}.")
-        bad = np.zeros(chosen[0].image.shape, dtype=bool)
-        for coadd in chosen:
+        shape = chosen[0].image.shape
+        bad = np.zeros(shape, dtype=bool)
+        image = np.zeros((len(bands),) + shape, dtype=np.float32)
+        for b, band in enumerate(bands):
+            coadd = by_band.get(band)
+            if coadd is None:
+                continue
             bits = coadd.mask_bits(self.config.badMask)
             if bits:
                 bad |= (coadd.mask & bits) != 0
-        image = np.stack([c.image for c in chosen])
-        finite = np.isfinite(image)
-        if not finite.all():
-            # NaN (e.g. NO_DATA) pixels would spread through residuals and conservation: zero them and
-            # treat them as masked.
-            nonfinite = ~finite.all(axis=0)
-            self.log.info("%d non-finite pixels are zeroed and masked.", int(nonfinite.sum()))
-            bad |= nonfinite
-            image = np.where(finite, image, 0.0).astype(np.float32)
-        return image, bad, bbox
+            # NaN pixels would spread through residuals and conservation, and a pixel without a positive
+            # variance has no measurement: zero them and treat them as masked.
+            unusable = ~(np.isfinite(coadd.image) & np.isfinite(coadd.variance) & (coadd.variance > 0))
+            if unusable.any():
+                self.log.info("%d pixels of band %s are not finite or have no positive variance: masked.",
+                              int(unusable.sum()), band)
+                bad |= unusable
+            image[b] = np.where(unusable, 0.0, coadd.image)
+        return image, bad, bbox, missing
 
-    def _noise_variance(self, coadds: list[Coadd], bands: tuple[str, ...], bad: np.ndarray
-                        ) -> np.ndarray | None:
+    def _noise_variance(self, coadds: list[Coadd], bands: tuple[str, ...], bad: np.ndarray,
+                        missing: tuple[str, ...] = ()) -> np.ndarray | None:
         """Each band's median variance over good pixels (the latent fit's noise); `None` if a band has
         no usable variance (the core then estimates it from the sky pixels)."""
+        if missing:
+            return None
         by_band = {c.band: c for c in coadds}
         values = [median_variance(by_band[b].variance[None], bad) for b in bands]
         if any(v is None for v in values):
@@ -416,16 +435,18 @@ class VaeDeblendTask(PipelineTask):
         chosen = boxes[parent_labels[todo] - 1]
         margin = self.model.stamp_size // 2 + int(math.ceil(self.config.maxCentroidShift)) + 1
         h, w = labels.shape
-        cx0, cy0 = max(int(chosen[:, 0].min()) - margin, 0), max(int(chosen[:, 1].min()) - margin, 0)
-        cx1, cy1 = min(int(chosen[:, 2].max()) + margin, w), min(int(chosen[:, 3].max()) + margin, h)
-        cut_labels = labels[cy0:cy1, cx0:cx1]
-        # Sized by the cut-out's labels (its parents lie inside it): no scan of the whole patch per call.
-        wanted = np.zeros(int(cut_labels.max(initial=0)) + 1, dtype=bool)
-        wanted[parent_labels[todo]] = True
+        # The cut-out holds the parents' boxes and all their peaks (a peak may lie off its footprint).
+        xy = peak_xy[peak_rows]
+        lo = np.minimum(chosen[:, :2].min(axis=0), np.floor(xy.min(axis=0)).astype(np.int64)) - margin
+        hi = np.maximum(chosen[:, 2:].max(axis=0), np.ceil(xy.max(axis=0)).astype(np.int64) + 1) + margin
+        cx0, cy0 = max(int(lo[0]), 0), max(int(lo[1]), 0)
+        cx1, cy1 = min(int(hi[0]), w), min(int(hi[1]), h)
         start = time.perf_counter()
+        # Every parent's footprint goes in (not only those deblended here): each parent is deblended on
+        # its own pixels, so its children do not depend on how the parents are grouped into calls.
         children, parents = deblend_field(image[:, cy0:cy1, cx0:cx1], peak_xy[peak_rows] - [cx0, cy0],
                                           self.model, self.model.stamp_size, parents=peak_labels,
-                                          footprints=np.where(wanted[cut_labels], cut_labels, 0),
+                                          footprints=labels[cy0:cy1, cx0:cx1],
                                           bad=bad[cy0:cy1, cx0:cx1], config=self._deblend_config(),
                                           max_neighbours=self.config.maxNeighbours, variance=noise)
         elapsed_ms = 1e3 * (time.perf_counter() - start)
@@ -490,12 +511,14 @@ class VaeDeblendTask(PipelineTask):
                     "deblend_parentNPeaks": len(peak_rows),
                     "deblend_parentNChild": 0 if isolated[i] else len(peak_rows),
                     "deblend_modelled": child is not None,
+                    "deblend_missingBand": bool(flags["deblend_missingBand"][i]),
                 }
                 if child is not None:
                     record["deblend_center_x"] = child.center[0] + x0
                     record["deblend_center_y"] = child.center[1] + y0
                     model_flux, conserved = child.flux_model, child.flux_conserved
-                    values = (child.edge, child.masked, child.refined, child.zero_flux)
+                    values = (child.edge, child.masked, child.refined, child.zero_flux, child.outside_image,
+                              child.outside_footprint)
                     for name, value in zip(CHILD_FLAGS, values):
                         record[name] = bool(value)
                     blend.children.append(ChildModel(id=object_id, peak_id=int(peak_ids[row]),
@@ -514,9 +537,11 @@ class VaeDeblendTask(PipelineTask):
                 rows.append(record)
         columns = ["id", "parent", "deblend_peakId", "deblend_peak_center_x", "deblend_peak_center_y",
                    "deblend_peak_snr", "deblend_center_x", "deblend_center_y", "deblend_nChild",
-                   "deblend_parentNPeaks", "deblend_parentNChild", "deblend_modelled", *CHILD_FLAGS,
+                   "deblend_parentNPeaks", "deblend_parentNChild", "deblend_modelled", "deblend_missingBand",
+                   *CHILD_FLAGS,
                    *[f"deblend_modelFlux_{b}" for b in bands], *[f"deblend_conservedFlux_{b}" for b in bands]]
         dtypes = {"id": np.int64, "parent": np.int64, "deblend_peakId": np.int64, "deblend_modelled": bool,
+                  "deblend_missingBand": bool,
                   **{name: np.int32 for name in ("deblend_peak_center_x", "deblend_peak_center_y",
                                                  "deblend_center_x", "deblend_center_y", "deblend_nChild",
                                                  "deblend_parentNPeaks", "deblend_parentNChild")},

@@ -30,7 +30,7 @@ from lsst.pipe.base import (InputQuantizedConnection, OutputQuantizedConnection,
 from lsst.pipe.base import connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
-from ...deblend.field import add_at, conserve_flux
+from ...deblend.field import conserve_flux_shares
 from ...measure.photometry import flux_to_mag
 from ...measure.shape import hsm_shape
 from .coadd import Coadd
@@ -106,21 +106,27 @@ class MeasureObjectUnforcedTask(PipelineTask):
         """
         bands = vaeModelData.bands
         by_band = {c.band: c for c in coadds}
-        missing = [b for b in bands if b not in by_band]
-        if missing:
-            raise ValueError(f"The models are in bands {''.join(bands)}; the patch lacks {''.join(missing)}.")
         if self.config.shapeBand not in bands:
             raise ValueError(f"shapeBand {self.config.shapeBand!r} is not one of the models' bands {bands}.")
-        chosen = [by_band[b] for b in bands]
-        image = np.stack([c.image for c in chosen])
-        variance = np.stack([c.variance for c in chosen])
-        # Non-finite pixels count as zero, as in the deblender (its children then carry deblend_masked).
-        finite = np.isfinite(image) & np.isfinite(variance)
-        if not finite.all():
-            image = np.where(finite, image, 0.0).astype(np.float32)
-            variance = np.where(finite, variance, 0.0).astype(np.float32)
-        zeropoint = np.array([c.zeropoint for c in chosen])
-        xy0 = chosen[0].xy0
+        present = [b for b in bands if b in by_band]
+        if not present:
+            raise ValueError(f"The models are in bands {''.join(bands)}; the quantum has none of them.")
+        missing = [b for b in bands if b not in by_band]
+        if missing:
+            self.log.warning("The patch has no %s coadd: its fluxes are NaN, with %s.", "".join(missing),
+                             ", ".join(f"{b}_flag_noData" for b in missing))
+        shape = by_band[present[0]].image.shape
+        image = np.stack([by_band[b].image if b in by_band else np.zeros(shape, np.float32) for b in bands])
+        variance = np.stack([by_band[b].variance if b in by_band else np.zeros(shape, np.float32)
+                             for b in bands])
+        # Pixels without a finite value and a positive variance count as zero, as in the deblender (its
+        # children then carry deblend_masked).
+        usable = np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+        if not usable.all():
+            image = np.where(usable, image, 0.0).astype(np.float32)
+            variance = np.where(usable, variance, 0.0).astype(np.float32)
+        zeropoint = np.array([by_band[b].zeropoint if b in by_band else np.nan for b in bands])
+        xy0 = by_band[present[0]].xy0
         s = bands.index(self.config.shapeBand)
 
         index = {int(object_id): k for k, object_id in enumerate(inputCatalog["id"])}
@@ -132,14 +138,14 @@ class MeasureObjectUnforcedTask(PipelineTask):
         shape_model = np.full((n, len(_SHAPE_FIELDS)), np.nan)
         seen = np.zeros(n, dtype=bool)
         for parent_id, blend in vaeModelData.blends.items():
-            for object_id, pixels, weights, child in self._children(blend, image, xy0):
+            for object_id, pixels, origin, weights, child in self._children(blend, image, xy0):
                 k = index.get(object_id)
                 if k is None:
                     raise KeyError(f"Object {object_id} of parent {parent_id} is in the models but not in "
                                    "the catalogue.")
                 seen[k] = True
                 flux[k] = pixels.sum(axis=(1, 2), dtype=np.float64)
-                x0, y0 = blend.bbox[0] - xy0[0], blend.bbox[1] - xy0[1]
+                x0, y0 = origin[0] - xy0[0], origin[1] - xy0[1]
                 if weights is not None:
                     var = variance[:, y0: y0 + pixels.shape[1], x0: x0 + pixels.shape[2]]
                     flux_err[k] = np.sqrt(np.sum(weights**2 * var, axis=(1, 2), dtype=np.float64))
@@ -148,8 +154,7 @@ class MeasureObjectUnforcedTask(PipelineTask):
                 else:
                     peak = (float(inputCatalog["deblend_peak_center_x"][k]),
                             float(inputCatalog["deblend_peak_center_y"][k]))
-                shape[k] = self._shape(pixels[s], (peak[0] - blend.bbox[0], peak[1] - blend.bbox[1]),
-                                       (blend.bbox[0], blend.bbox[1]))
+                shape[k] = self._shape(pixels[s], (peak[0] - origin[0], peak[1] - origin[1]), origin)
                 if child is not None:
                     model_flux[k] = child.model.sum(axis=(1, 2), dtype=np.float64)
                     shape_model[k] = self._shape(child.model[s],
@@ -164,9 +169,13 @@ class MeasureObjectUnforcedTask(PipelineTask):
                      "deblend_parentNPeaks", "deblend_modelled"):
             if name in inputCatalog.colnames:
                 out[name] = inputCatalog[name]
+        for band in missing:  # no measurement where there is no coadd
+            b = bands.index(band)
+            flux[:, b] = flux_err[:, b] = model_flux[:, b] = np.nan
         with np.errstate(divide="ignore", invalid="ignore"):
             mag_err = 2.5 / np.log(10.0) * flux_err / flux
         for b, band in enumerate(bands):
+            out[f"{band}_flag_noData"] = np.full(n, band in missing)
             out[f"{band}_flux"] = flux[:, b]
             out[f"{band}_fluxErr"] = flux_err[:, b]
             out[f"{band}_modelFlux"] = model_flux[:, b]
@@ -185,31 +194,31 @@ class MeasureObjectUnforcedTask(PipelineTask):
         return Struct(outputCatalog=out)
 
     def _children(self, blend: BlendModel, image: np.ndarray, xy0: tuple[int, int]
-                  ) -> list[tuple[int, np.ndarray, np.ndarray | None, Any]]:
-        """(object id, pixels over the blend box, per-pixel weight of the observed image or `None` for
-        model pixels, child model or `None`) of every object of a blend."""
+                  ) -> list[tuple[int, np.ndarray, tuple[int, int], np.ndarray | None, Any]]:
+        """(object id, pixels, their lower-left (x, y) in patch pixels, per-pixel weight of the observed
+        image or `None` for model pixels, child model or `None`) of every object of a blend.
+
+        A child's re-distributed pixels cover its own box (its model's and the footprint pixels given to
+        it), not the whole blend's, so that a parent of many children stays cheap.
+        """
         x0, y0, x1, y1 = (blend.bbox[0] - xy0[0], blend.bbox[1] - xy0[1], blend.bbox[2] - xy0[0],
                           blend.bbox[3] - xy0[1])
         observed = image[:, y0:y1, x0:x1] * blend.footprint
         if not blend.children:  # an isolated source kept as observed
             inside = np.broadcast_to(blend.footprint, observed.shape).astype(np.float32)
-            return [(blend.parent_id, observed, inside, None)]
+            return [(blend.parent_id, observed, (blend.bbox[0], blend.bbox[1]), inside, None)]
+        if not self.config.doConserveFlux:
+            return [(child.id, child.model, child.origin, None, child) for child in blend.children]
+        origins = [(c.origin[0] - blend.bbox[0], c.origin[1] - blend.bbox[1]) for c in blend.children]
+        peaks = np.array([(c.peak[0] - blend.bbox[0], c.peak[1] - blend.bbox[1]) for c in blend.children])
+        shares = conserve_flux_shares(observed, blend.footprint, [c.model for c in blend.children],
+                                      np.array(origins), peaks)
         out = []
-        if self.config.doConserveFlux:
-            origins = [(c.origin[0] - blend.bbox[0], c.origin[1] - blend.bbox[1]) for c in blend.children]
-            peaks = np.array([(c.peak[0] - blend.bbox[0], c.peak[1] - blend.bbox[1]) for c in blend.children])
-            shares = conserve_flux(observed, blend.footprint, [c.model for c in blend.children],
-                                   np.array(origins), peaks)
+        for child, ((sx, sy), share) in zip(blend.children, shares):
+            under = observed[:, sy: sy + share.shape[1], sx: sx + share.shape[2]]
             with np.errstate(divide="ignore", invalid="ignore"):
-                weights = np.where(observed[None] != 0, shares / observed[None], 0.0)
-            for child, share, weight in zip(blend.children, shares, weights):
-                out.append((child.id, share, weight, child))
-        else:
-            for child in blend.children:
-                pixels = np.zeros(observed.shape, dtype=np.float32)
-                add_at(pixels, child.model,
-                       (child.origin[0] - blend.bbox[0], child.origin[1] - blend.bbox[1]))
-                out.append((child.id, pixels, None, child))
+                weight = np.where(under != 0, share / under, 0.0)
+            out.append((child.id, share, (blend.bbox[0] + sx, blend.bbox[1] + sy), weight, child))
         return out
 
     @staticmethod
