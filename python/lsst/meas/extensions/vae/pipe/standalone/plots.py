@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["plot_patch", "plot_residuals"]
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +22,47 @@ def _figure(*args, **kwargs):
     return plt, plt.subplots(*args, **kwargs)
 
 
+def _noise_sigma(coadds: Iterable[Coadd]) -> float:
+    """Pixel scale of the pictures: the median over bands of the square root of each band's median
+    variance.
+
+    Only finite, positive variances count.  When no band has any (noiseless or blank coadds), the scale
+    is the median of the non-zero finite ``|image|`` pixels, and 1 for blank images (which any positive
+    scale draws the same).
+
+    Parameters
+    ----------
+    coadds : iterable of `Coadd`
+
+    Returns
+    -------
+    sigma : `float`
+        A positive, finite number.
+    """
+    coadds = list(coadds)
+    sigmas = []
+    for coadd in coadds:
+        variance = coadd.variance[np.isfinite(coadd.variance) & (coadd.variance > 0)]
+        if variance.size:
+            sigmas.append(float(np.sqrt(np.median(variance))))
+    if sigmas:
+        return float(np.median(sigmas))
+    pixels = [np.abs(c.image[np.isfinite(c.image)]) for c in coadds]
+    values = np.concatenate(pixels) if pixels else np.zeros(0)
+    values = values[values > 0]
+    return float(np.median(values)) if values.size else 1.0
+
+
 def _rgb(coadds: dict[str, Coadd]) -> np.ndarray:
-    from astropy.visualization import make_lupton_rgb
+    """(h, w, 3) uint8 picture of the i, r and g coadds (or the bands there are), black at -0.5 sigma."""
+    from ...sim.plots import lupton_rgb
 
     names = [b for b in ("i", "r", "g") if b in coadds]
     while len(names) < 3:
         names.append(names[-1] if names else next(iter(coadds)))
     images = [coadds[b].image.astype(np.float64) for b in names]
-    sigma = float(np.median([np.sqrt(np.median(coadds[b].variance)) for b in names]))
-    return make_lupton_rgb(*images, minimum=-0.5 * sigma, stretch=8.0 * sigma, Q=8.0)
+    sigma = _noise_sigma(coadds[b] for b in names)
+    return lupton_rgb(*images, minimum=-0.5 * sigma, stretch=8.0 * sigma, q=8.0)
 
 
 def plot_patch(coadds: list[Coadd], objects: Table, path: str | Path, truth: Table | None = None,
@@ -87,7 +120,7 @@ def plot_residuals(coadd: Coadd, models: np.ndarray, path: str | Path, title: st
     path : `str` or `pathlib.Path`
     title : `str`
     """
-    sigma = float(np.sqrt(np.median(coadd.variance)))
+    sigma = _noise_sigma([coadd])
     x0, y0, x1, y1 = coadd.bbox
     extent = (x0 - 0.5, x1 - 0.5, y0 - 0.5, y1 - 0.5)
     plt, (fig, axes) = _figure(1, 3, figsize=(16, 5.8), sharex=True, sharey=True)

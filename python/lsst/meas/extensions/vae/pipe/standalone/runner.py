@@ -16,6 +16,13 @@ from .butler_config import use_butler_config
 
 _SOURCE_ROOT = Path(__file__).resolve().parents[7]
 
+# pipetask records the versions of the packages it runs; without eups (the Rubin stack's package manager,
+# not on PyPI) lsst.utils.packages logs "Unable to import eups, so cannot determine package versions from
+# environment" at every run, although the versions of the Python distributions are recorded all the same.
+# A user of the PyPI middleware cannot act on it, so that logger's warnings are not shown; it logs nothing
+# else (lsst-utils 30.2026.4300), and inside the Rubin stack, where eups imports, it is silent anyway.
+_PIPETASK_LOG_LEVELS = ("lsst.utils.packages=ERROR",)
+
 
 class PipetaskError(RuntimeError):
     """``pipetask`` returned a non-zero status."""
@@ -53,6 +60,9 @@ def run_pipetask(repo: str | Path, inputs: str | Sequence[str], output: str, pip
                  env: Mapping[str, str] | None = None, log_file: str | Path | None = None,
                  timeout: float | None = None) -> str:
     """Run ``pipetask run`` on a repository in a subprocess.
+
+    pipetask is told not to show the warning it logs at every run outside the Rubin stack (that eups,
+    not on PyPI, cannot be imported); everything else it logs is kept.
 
     Parameters
     ----------
@@ -92,8 +102,11 @@ def run_pipetask(repo: str | Path, inputs: str | Sequence[str], output: str, pip
         pipetask failed (the message ends with its last lines of output).
     """
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
-    command = pipetask_command() + ["run", "-b", str(repo), "-i", ",".join(inputs), "-o", output,
-                                    "-p", pipeline or demo_pipeline(), "-j", str(jobs)]
+    command = pipetask_command()
+    for level in _PIPETASK_LOG_LEVELS:
+        command += ["--log-level", level]
+    command += ["run", "-b", str(repo), "-i", ",".join(inputs), "-o", output,
+                "-p", pipeline or demo_pipeline(), "-j", str(jobs)]
     if register_dataset_types:
         command.append("--register-dataset-types")
     for key, value in (config or {}).items():
