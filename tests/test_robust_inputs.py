@@ -136,7 +136,8 @@ def bad_repo(tmp_path_factory):
     """A repository of five small patches, each with one kind of bad input, through one pipetask run.
 
     0: a NaN block and an infinite row in r and g;  1: negative variance over a region in g, zero in i;
-    2: a galaxy's whole footprint masked NO_DATA in every band;  3: no u coadd;  4: nothing to detect.
+    2: a bright galaxy's footprint masked EDGE in every band (detection uses those pixels, the deblender
+    does not);  3: no u coadd;  4: nothing to detect.
     """
     root = tmp_path_factory.mktemp("robust")
     patches = [make_patch(PatchConfig(size=150, mag_max=25.0), seed=20 + k, progress=False) for k in range(5)]
@@ -150,7 +151,7 @@ def bad_repo(tmp_path_factory):
     r2 = patches[2].band("r")
     cy, cx = np.unravel_index(np.argmax(r2.image), r2.image.shape)
     for band in patches[2].bands:
-        band.mask[max(cy - 20, 0): cy + 20, max(cx - 20, 0): cx + 20] |= 1 << MASK_PLANES["NO_DATA"]
+        band.mask[max(cy - 30, 0): cy + 30, max(cx - 30, 0): cx + 30] |= 1 << MASK_PLANES["EDGE"]
     for band in patches[4].bands:
         band.image[:] = 0.0
     butler = make_repo(root / "repo", patches)
