@@ -29,9 +29,16 @@ def check_outputs(detections: Table, parents: Table, objects: Table, measurement
                   missing: tuple[str, ...] = ()) -> None:
     """Every parent comes out, once; NaN only where a flag says why."""
     assert sorted(parents["id"]) == sorted(detections["id"])
-    accounted = (~parents["deblend_skipped"] & ~parents["deblend_failed"]) | parents["deblend_skipped"] \
-        | parents["deblend_failed"]
-    assert accounted.all()
+    isolated = set(np.asarray(objects["id"][objects["parent"] == 0]).tolist())
+    for row in parents:  # deblended, with an object per peak, or flagged with the reason
+        n_objects = int(np.sum(objects["parent"] == row["id"])) + (int(row["id"]) in isolated)
+        if row["deblend_failed"]:
+            assert row["deblend_error"] != ""
+        elif row["deblend_skipped"]:
+            reasons = [row[name] for name in parents.colnames if name.startswith("deblend_skipped_")]
+            assert any(reasons) or row["deblend_nPeaks"] == 0
+        else:
+            assert n_objects == row["deblend_nPeaks"] > 0
     assert list(measurement["id"]) == list(objects["id"])
     for name in objects.colnames:
         values = np.asarray(objects[name])
@@ -45,9 +52,9 @@ def check_outputs(detections: Table, parents: Table, objects: Table, measurement
             assert np.isfinite(values).all(), name
     for band in BANDS:
         no_data = np.asarray(measurement[f"{band}_flag_noData"])
-        assert no_data.all() == (band in missing) and no_data.any() == (band in missing)
+        np.testing.assert_array_equal(no_data, band in missing)
         for name in (f"{band}_flux", f"{band}_fluxErr"):
-            assert np.isfinite(measurement[name]).all() != (band in missing) or len(measurement) == 0, name
+            np.testing.assert_array_equal(np.isfinite(measurement[name]), band not in missing, err_msg=name)
         mag = np.asarray(measurement[f"{band}_mag"])
         assert np.all(np.isfinite(mag) == (np.nan_to_num(measurement[f"{band}_flux"]) > 0))
     flag = np.asarray(measurement["r_hsm_flag"])
