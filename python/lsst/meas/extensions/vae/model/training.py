@@ -7,6 +7,13 @@ decoder.  Training is resumable: every epoch ends with an atomic checkpoint; ``r
 from it.  The best epoch (validation loss) is kept; training stops early when validation stops improving
 or when the time budget is spent.
 
+A kill at any moment leaves files that load and agree with each other: every file is written to a
+temporary name and moved into place (`os.replace`), and the checkpoint is the commit point of an epoch: a
+better model is written beside ``best.safetensors`` first and moved onto it only once the checkpoint that
+records it is in place (`_settle_best` finishes or discards that step when a run starts).  A resumed run
+that was stopped (patience, time budget) stays stopped unless those limits are raised, as the
+uninterrupted run would have.
+
 Likelihoods (``likelihood``):
 
 - ``gaussian``: per-pixel Gaussian in electrons with the known noise variance (debvader);
@@ -218,10 +225,74 @@ def _mean_max_pixel(data: BlendDataset) -> np.ndarray:
     return batch["central"].max(axis=(2, 3)).mean(axis=0)
 
 
+BEST = "best.safetensors"
+# A better model waits here until the checkpoint that records it is written (see `_settle_best`).
+PENDING_BEST = "best.pending.safetensors"
+
+
 def _atomic_torch_save(obj: dict, path: Path) -> None:
+    """`torch.save` to a temporary file, flushed to disk, then moved onto ``path``.
+
+    A kill (or a crash of the machine) during the write leaves the previous ``path`` whole.
+    """
     tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    """Write ``text`` to a temporary file, then move it onto ``path`` (a reader never sees half)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _settle_best(out: Path, state: dict) -> None:
+    """Finish or undo the last epoch's update of ``best.safetensors`` after a kill.
+
+    ``PENDING_BEST`` exists only between writing a better model and moving it onto ``BEST``; if the
+    checkpoint (``state``) records that model's epoch as the best, the epoch was committed and the move is
+    finished; otherwise the epoch is lost (it will be trained again) and so is its model.
+
+    Parameters
+    ----------
+    out : `pathlib.Path`
+        The run's folder.
+    state : `dict`
+        The training state of the checkpoint the run starts from (``best_epoch``; absent in fresh runs
+        and in checkpoints of earlier versions).
+    """
+    from .weights import read_metadata
+
+    pending = out / PENDING_BEST
+    if not pending.exists():
+        return
+    best_epoch = state.get("best_epoch")
+    if best_epoch is not None and read_metadata(pending).get("epoch") == str(best_epoch):
+        os.replace(pending, out / BEST)
+    else:
+        pending.unlink()
+
+
+def _finished(state: dict, config: TrainConfig) -> bool:
+    """Whether training stops here: epoch limit, ``patience`` epochs without improvement or budget spent.
+
+    Patience and budget count only once an epoch is done (a run trains at least one epoch, as it always
+    did, even with ``patience`` 0).
+    """
+    if state["epoch"] >= config.max_epochs:
+        return True
+    return state["epoch"] > 0 and (state["bad_epochs"] >= config.patience
+                                   or state["seconds"] > 60 * config.max_minutes)
+
+
+def _write_history(state: dict, out: Path, config: TrainConfig) -> None:
+    """``history.json`` and ``loss_curves.png`` of the epochs in ``state``, each replaced atomically."""
+    _plot_curves(state["history"], out / "loss_curves.png", f"{config.kind} ({config.preset})")
+    _atomic_write_text(json.dumps(state["history"], indent=1) + "\n", out / "history.json")
 
 
 def _plot_curves(history: list[dict], path: Path, title: str) -> None:
@@ -240,14 +311,18 @@ def _plot_curves(history: list[dict], path: Path, title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+    os.replace(tmp, path)
 
 
 def train(config: TrainConfig, resume: bool = False, command: str = "", progress: bool = True) -> dict:
     """Train a VAE or a deblender; returns the run summary (also written to ``out_dir/summary.json``).
 
-    The best model is written to ``out_dir/best.safetensors`` (see `weights.save_model`).
+    The best model is written to ``out_dir/best.safetensors`` (see `weights.save_model`).  With
+    ``resume``, training continues from ``out_dir/checkpoint.pt`` (if there is one): epochs, history,
+    optimiser and scheduler; a run that had stopped trains on only if ``config`` allows more epochs.
     """
     from .weights import load_model, save_model
 
@@ -295,6 +370,14 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         scheduler.load_state_dict(saved["scheduler"])
         state = json.loads(saved["state"])
         torch.set_rng_state(saved["torch_rng"])
+    _settle_best(out, state if resume else {})
+    if resume and state["history"]:
+        # A kill after the checkpoint may have lost the last update of these; they must describe it.
+        _write_history(state, out, config)
+        if _finished(state, config):
+            print(f"{config.kind}: the checkpoint's run stopped at epoch {state['epoch']} "
+                  f"({state['bad_epochs']} epochs without improvement, {state['seconds'] / 60:.1f} min); "
+                  "raise max_epochs, patience or max_minutes to train on", flush=True)
 
     val_batches = _validation_batches(val_data, config)
     batches = _prefetch(iter(_Batches(train_data, config, config.seed + 7919 * state["epoch"])))
@@ -320,7 +403,9 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
             val = [run(b, False) for b in val_batches]
         state["initial_val_loss"] = float(np.mean([float(r) + config.kl_weight * float(k) for r, k in val]))
 
-    while state["epoch"] < config.max_epochs:
+    # Checked before each epoch, not only after one: a run resumed from the checkpoint of its last epoch
+    # (killed before it could write its summary) must stop where the uninterrupted run stopped.
+    while not _finished(state, config):
         model.train()
         totals = []
         bar = tqdm(range(steps_per_epoch), desc=f"{config.kind} epoch {state['epoch'] + 1}", unit="batch",
@@ -346,8 +431,10 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
                                  "lr": optimizer.param_groups[0]["lr"], "minutes": state["seconds"] / 60})
         improved = val_loss < state["best_val"]
         if improved:
-            state["best_val"], state["bad_epochs"] = val_loss, 0
-            save_model(out / "best.safetensors", model, norm, kind=config.kind, likelihood=config.likelihood,
+            state["best_val"], state["bad_epochs"], state["best_epoch"] = val_loss, 0, state["epoch"]
+            # Not onto best.safetensors yet: a kill before the checkpoint below would leave a best model
+            # of an epoch that the resumed run trains again (and that its history does not hold).
+            save_model(out / PENDING_BEST, model, norm, kind=config.kind, likelihood=config.likelihood,
                        data_config=data_config,
                        extra={"training_command": command,
                               "train_config": json.dumps(dataclasses.asdict(config)),
@@ -357,17 +444,15 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(), "state": json.dumps(state),
                             "torch_rng": torch.get_rng_state()}, checkpoint)
-        _plot_curves(state["history"], out / "loss_curves.png", f"{config.kind} ({config.preset})")
-        (out / "history.json").write_text(json.dumps(state["history"], indent=1) + "\n")
+        _settle_best(out, state)
+        _write_history(state, out, config)
         print(f"{config.kind} epoch {state['epoch']}: train {np.mean(totals):.2f} val {val_loss:.2f}"
               f"{' (best)' if improved else ''}, {state['seconds'] / 60:.1f} min", flush=True)
-        if state["bad_epochs"] >= config.patience or state["seconds"] > 60 * config.max_minutes:
-            break
 
     summary = {"kind": config.kind, "epochs": state["epoch"], "best_val_loss": state["best_val"],
                "initial_val_loss": state["initial_val_loss"],
                "minutes": round(state["seconds"] / 60, 2), "device": str(device), "bf16": bf16,
                "samples_seen": state["epoch"] * steps_per_epoch * config.batch_size,
                "config": dataclasses.asdict(config), "command": command}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "summary.json")
     return summary

@@ -9,9 +9,11 @@ bands; a skymap, one tract and one patch per simulated patch) and ingests each p
 
 from __future__ import annotations
 
-__all__ = ["make_repo", "open_repo", "DEFAULT_SKYMAP", "DEFAULT_INSTRUMENT", "INPUT_RUN"]
+__all__ = ["make_repo", "open_repo", "recover_repo", "DEFAULT_SKYMAP", "DEFAULT_INSTRUMENT", "INPUT_RUN"]
 
+import contextlib
 import hashlib
+import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,59 @@ DEFAULT_INSTRUMENT = "VaeSim"
 INPUT_RUN = "vae/inputs"
 
 
+def recover_repo(repo_dir: str | Path) -> bool:
+    """Roll back the registry transaction that a killed process left open, if there is one (SQLite).
+
+    A process killed while it writes to a SQLite registry (``pipetask run`` killed while it stores a
+    dataset) leaves the database's rollback journal beside it (a "hot journal").  SQLite rolls it back
+    when the database is next opened for writing, but a read-only connection cannot and fails with
+    "attempt to write a readonly database" -- and ``pipetask run`` opens the repository read-only first,
+    so its re-run (``--extend-run``) fails until something opens the repository for writing.  This opens
+    the database for writing, which rolls the journal back; SQLite's locks leave a journal of a live
+    writer alone, so it is safe while another process works on the repository.
+
+    Parameters
+    ----------
+    repo_dir : `str` or `pathlib.Path`
+        The repository (its ``butler.yaml``).
+
+    Returns
+    -------
+    found : `bool`
+        Whether there was a journal (the database was then opened for writing); `False` for a registry
+        that is not a local SQLite file.
+    """
+    from lsst.daf.butler import ButlerConfig
+    from lsst.resources import ResourcePath
+
+    config = ButlerConfig(str(repo_dir))
+    db = str(config.get(("registry", "db"), ""))
+    root = ResourcePath(config.get("root") or config.configDir, forceDirectory=True)
+    if not db.startswith("sqlite:///") or not root.isLocal:
+        return False  # a database server rolls back the transactions of lost connections itself
+    path = Path(db.removeprefix("sqlite:///").replace("<butlerRoot>", root.ospath.rstrip("/")))
+    if not path.with_name(path.name + "-journal").exists():
+        return False
+    connection = sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+    try:
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the first read rolls back
+    finally:
+        connection.close()
+    return True
+
+
 def open_repo(repo_dir: str | Path, **kwargs: Any) -> Butler:
     """A butler on a repository, with the package's butler configuration on ``DAF_BUTLER_CONFIG_PATH``.
 
-    ``kwargs`` go to `lsst.daf.butler.Butler.from_config` (``collections``, ``writeable``, ``run``...).
+    A registry transaction left open by a killed process is rolled back first (`recover_repo`), so that a
+    read-only butler opens after a kill.  ``kwargs`` go to `lsst.daf.butler.Butler.from_config`
+    (``collections``, ``writeable``, ``run``...).
     """
     use_butler_config()
+    # Best effort: a repository that cannot be read, or written, fails in the butler below with its own
+    # message.
+    with contextlib.suppress(Exception):
+        recover_repo(repo_dir)
     return Butler.from_config(str(repo_dir), **kwargs)
 
 

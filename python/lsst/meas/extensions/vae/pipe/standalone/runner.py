@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["demo_pipeline", "pipetask_command", "run_pipetask", "PipetaskError"]
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from .butler_config import use_butler_config
+from .repo import recover_repo
 
 _SOURCE_ROOT = Path(__file__).resolve().parents[7]
 
@@ -115,6 +117,10 @@ def run_pipetask(repo: str | Path, inputs: str | Sequence[str], output: str, pip
         command += ["-d", data_query]
     command += list(extra_args)
     environment = use_butler_config(dict(os.environ if env is None else env))
+    # After a kill (the re-run of an interrupted run): pipetask opens the repository read-only first and
+    # fails on a registry transaction the killed process left open; roll it back (best effort).
+    with contextlib.suppress(Exception):
+        recover_repo(repo)
     result = subprocess.run(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, timeout=timeout)
     if log_file is not None:
