@@ -46,7 +46,8 @@ def fields(draw):
             if kind == "nan":
                 peaks.append((np.nan, draw(st.floats(0, h))))
             elif kind == "outside":
-                peaks.append((draw(st.sampled_from([-8.0, -1.0, w + 0.6, w + 9.0])), draw(st.floats(0, h - 1))))
+                x = draw(st.sampled_from([-8.0, -1.0, w + 0.6, w + 9.0]))
+                peaks.append((x, draw(st.floats(0, h - 1))))
             elif kind == "anywhere":
                 peaks.append((draw(st.floats(-0.4, w - 0.6)), draw(st.floats(-0.4, h - 0.6))))
             else:

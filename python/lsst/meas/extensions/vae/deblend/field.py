@@ -340,8 +340,8 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
     half = stamp_size // 2
     margin = half + int(np.ceil(config.max_centroid_shift)) + 1
 
-    # Brightest first within each parent (by the summed-band peak pixel), in waves of peaks whose stamps
-    # no brighter peak of the wave still to come overlaps.
+    # Brightest first within each parent (by the summed-band peak pixel), in waves: a peak goes in the wave
+    # after the latest of the brighter peaks whose stamps overlap its own.
     on_image = np.clip(centers, [0, 0], [width - 1, height - 1])
     brightness = clean.sum(axis=0)[on_image[:, 1], on_image[:, 0]]
     wave = np.full(n, -1, dtype=np.int64)
@@ -411,7 +411,7 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
 
     if config.fit_steps > 0 and len(active):
         models[active] = _fit(model, clean, bad, footprints, variance, centers, labels, neighbours, models,
-                              codes, active, stamp_size, config)
+                              codes, active_groups, stamp_size, config)
     for i in active:
         edge[i] = cut_stamp(clean[:1], tuple(centers[i]), stamp_size)[1]
         if bad is not None:
@@ -440,14 +440,14 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
 
 def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarray,
          variance: np.ndarray | None, centers: np.ndarray, labels: np.ndarray, neighbours: np.ndarray,
-         models: np.ndarray, codes: np.ndarray | None, active: np.ndarray, stamp_size: int,
+         models: np.ndarray, codes: np.ndarray | None, active_groups: list[np.ndarray], stamp_size: int,
          config: DeblendConfig) -> np.ndarray:
-    """The joint latent fit of every parent's galaxies (the ``active`` peaks), starting from the encoder's
-    ``codes`` of their ``models`` (encoded here when `None`); returns the fitted models of ``active``."""
+    """The joint latent fit of every parent's galaxies (the peaks on the image, by parent), starting from
+    the encoder's ``codes`` of their ``models`` (encoded here when `None`); returns the fitted models of
+    the peaks on the image, in increasing index order."""
+    active = np.sort(np.concatenate(active_groups))
     if codes is None:  # one pass only: encode each galaxy on its parent's view minus the others
-        views = _ParentViews(clean, footprints, labels, centers,
-                             [g[np.isin(g, active)] for g in _label_groups(labels)],
-                             stamp_size // 2 + 1)
+        views = _ParentViews(clean, footprints, labels, centers, active_groups, stamp_size // 2 + 1)
         for i in active:
             views.subtract(i, models[i], tuple(centers[i]))
         stamps = np.stack([views.stamp(i, tuple(centers[i]), stamp_size, models[i]) for i in active])
