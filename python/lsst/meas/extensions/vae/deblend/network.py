@@ -18,9 +18,9 @@ from ..model.weights import load_bundle
 # 13-37 stamps against batches of 8), so that a stamp's model would depend on how many stamps share its
 # call.  Padded, every stamp's model is the same bit for bit whatever the batch size or the grouping of
 # parents into calls (tests/test_robust_determinism.py); the cost is at most 7 extra stamps per call.
-# The normalisation's element-wise functions (asinh, sinh) are applied stamp by stamp there too: over a
-# whole batch, torch splits them among threads at offsets that depend on the batch's length, and the
-# elements at the end of each thread's share take a scalar path that rounds differently (1 ulp).
+# The normalisation's element-wise functions (asinh, sinh) are applied to chunks of that many stamps:
+# over a whole batch, torch splits them among threads at offsets that depend on the batch's length, and
+# the elements at the end of each thread's share take a scalar path that rounds differently (1 ulp).
 BATCH_MULTIPLE = 8
 
 
@@ -112,21 +112,22 @@ class VaeDeblender:
         extra = -len(x) % BATCH_MULTIPLE if self.device.type == "cpu" else 0
         return torch.cat([x, x.new_zeros((extra,) + tuple(x.shape[1:]))]) if extra else x
 
-    def _per_stamp(self, function, x: torch.Tensor) -> torch.Tensor:
-        """``function`` of a batch of stamps, applied stamp by stamp on the CPU (see `BATCH_MULTIPLE`)."""
-        if self.device.type != "cpu" or len(x) == 0:
+    def _in_chunks(self, function, x: torch.Tensor) -> torch.Tensor:
+        """``function`` of a padded batch of stamps, applied `BATCH_MULTIPLE` stamps at a time on the CPU
+        (the same split among threads for every chunk)."""
+        if self.device.type != "cpu" or len(x) <= BATCH_MULTIPLE:
             return function(x)
-        return torch.stack([function(stamp) for stamp in x])
+        return torch.cat([function(x[lo: lo + BATCH_MULTIPLE]) for lo in range(0, len(x), BATCH_MULTIPLE)])
 
     def _encode_batch(self, stamps: np.ndarray, neighbours: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-std of the latent distribution for one batch of stamps (electrons)."""
         x = self._padded(torch.from_numpy(np.ascontiguousarray(stamps, dtype=np.float32))).to(self.device)
         maps = self._padded(torch.from_numpy(neighbour_maps(neighbours, self.stamp_size))).to(self.device)
-        x = self._per_stamp(self.norm.forward, x).contiguous(memory_format=torch.channels_last)
+        x = self._in_chunks(self.norm.forward, x).contiguous(memory_format=torch.channels_last)
         mean, log_std = self.deblender.encoder(torch.cat([x, maps], dim=1))
         return mean[: len(stamps)], log_std[: len(stamps)]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Models in electrons from latent codes (on this deblender's device), differentiable in ``z``."""
-        raw = self.deblender.decoder(self._padded(z))[: len(z)]
-        return self._per_stamp(lambda r: self.norm.inverse(network_output(r, self.likelihood)), raw)
+        raw = self.deblender.decoder(self._padded(z))
+        return self._in_chunks(lambda r: self.norm.inverse(network_output(r, self.likelihood)), raw)[: len(z)]
