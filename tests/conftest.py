@@ -55,3 +55,11 @@ def tiny_deblender(tiny_training):
     from lsst.meas.extensions.vae.deblend.network import VaeDeblender
 
     return VaeDeblender(str(tiny_training["bundle"]), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shipped_deblender():
+    """The shipped weights (``weights/lsst.safetensors``) as a `VaeDeblender` on the CPU."""
+    from lsst.meas.extensions.vae.deblend.network import VaeDeblender
+
+    return VaeDeblender("lsst", device="cpu")

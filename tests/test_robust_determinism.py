@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from lsst.meas.extensions.vae.deblend.network import VaeDeblender
 from lsst.meas.extensions.vae.pipe.standalone import DetectCoaddPeaksTask, VaeDeblendTask
 from lsst.meas.extensions.vae.pipe.standalone.testing import simulated_coadds
 
@@ -23,8 +22,8 @@ SCENE = [(XY0[0] + x, XY0[1] + y) for x, y in
 
 
 @pytest.fixture(scope="module")
-def network():
-    return VaeDeblender("lsst", device="cpu")
+def network(shipped_deblender):
+    return shipped_deblender
 
 
 @pytest.fixture(scope="module")

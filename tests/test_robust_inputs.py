@@ -62,8 +62,8 @@ def check_outputs(detections: Table, parents: Table, objects: Table, measurement
 
 
 @pytest.fixture(scope="module")
-def network():
-    return VaeDeblender("lsst", device="cpu")
+def network(shipped_deblender):
+    return shipped_deblender
 
 
 @pytest.fixture(scope="module")
