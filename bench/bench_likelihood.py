@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lsst.meas.extensions.vae.measure.evaluate import central_metrics
+from lsst.meas.extensions.vae.evaluate import central_metrics
 from lsst.meas.extensions.vae.model.training import TrainConfig, network_output, train
 from lsst.meas.extensions.vae.model.weights import load_model
 from lsst.meas.extensions.vae.sim.dataset import BlendDataset

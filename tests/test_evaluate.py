@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from lsst.meas.extensions.vae.measure.evaluate import evaluate
+from lsst.meas.extensions.vae.evaluate import evaluate
 
 
 def test_evaluate_writes_metrics_and_plots(tiny_training, tmp_path):

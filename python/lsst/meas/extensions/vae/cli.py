@@ -270,7 +270,7 @@ def bundle_weights(args: argparse.Namespace) -> None:
 def evaluate_weights(args: argparse.Namespace) -> dict:
     """``vae-deblend evaluate``: ``metrics.json`` and plots in ``--out``."""
     from .deblend.field import DeblendConfig
-    from .measure.evaluate import evaluate
+    from .evaluate import evaluate
 
     metrics = evaluate(args.weights, args.n, args.seed, args.out, preset=args.preset,
                        catalog_path=args.catalog, progress=not args.no_progress,

@@ -27,11 +27,10 @@ from tqdm import tqdm
 
 from ..deblend.field import DeblendConfig, deblend_field, paste_stamp
 from ..deblend.network import VaeDeblender
-from ..model.networks import neighbour_maps
 from ..model.training import network_output
 from ..sim.blend import BlendConfig, BlendMaker, CatalogGalaxies
-from .shape import hsm_shape
-from .stats import BLENDEDNESS_BINS, SNR_BINS, binned, summary
+from ..measure.shape import hsm_shape
+from ..measure.stats import BLENDEDNESS_BINS, SNR_BINS, binned, summary
 
 _APERTURE_ARCSEC = 2.5
 
