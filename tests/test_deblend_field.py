@@ -205,3 +205,28 @@ def test_variance_from_the_sky_pixels():
     np.testing.assert_allclose(estimate_variance(image, footprints, None), [4.0, 25.0], rtol=0.05)
     with pytest.raises(ValueError, match="pass the variance"):
         estimate_variance(np.zeros((2, 10, 10)), None, None)
+
+
+def test_deblend_image_keeps_the_loaded_network(tmp_path):
+    from lsst.meas.extensions.vae.deblend import deblend_image
+    from lsst.meas.extensions.vae.deblend.network import load_deblender
+    from lsst.meas.extensions.vae.model.weights import shipped_weights_path
+
+    blend = BlendMaker(BlendConfig.preset("anchor")).make(seed=0, index=0)
+    peaks = np.stack([blend.truth["x"], blend.truth["y"]], axis=1)
+    first, _ = deblend_image(blend.image, peaks, device="cpu")
+    model = load_deblender("lsst", device="cpu")
+    assert load_deblender("lsst", device="cpu") is model  # loaded once, then kept
+    again, _ = deblend_image(blend.image, peaks, device="cpu")
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.model, b.model)
+    # A copy of the file elsewhere is another network; a rewritten file is loaded again.
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(shipped_weights_path("lsst").read_bytes())
+    loaded = load_deblender(str(copy), device="cpu")
+    assert loaded is not model and load_deblender(str(copy), device="cpu") is loaded
+    copy.write_bytes(shipped_weights_path("lsst").read_bytes())
+    import os
+
+    os.utime(copy, ns=(0, 10**9))
+    assert load_deblender(str(copy), device="cpu") is not loaded

@@ -6,7 +6,8 @@ from .field import *  # noqa: F401, F403
 
 def deblend_image(image, peaks, weights: str = "lsst", device=None, **kwargs):
     """One call for a user with a multi-band image and peak positions (as debvader's
-    ``iterative_deblending``): load the shipped weights and run `deblend_field`.
+    ``iterative_deblending``): the shipped weights (loaded on the first call, then kept) through
+    `deblend_field`.
 
     Parameters
     ----------
@@ -25,7 +26,7 @@ def deblend_image(image, peaks, weights: str = "lsst", device=None, **kwargs):
     -------
     children, parents : `list` [`Child`], `list` [`Parent`]
     """
-    from .network import VaeDeblender
+    from .network import load_deblender
 
-    model = VaeDeblender(weights, device=device)
+    model = load_deblender(weights, device=device)  # loaded on the first call only
     return deblend_field(image, peaks, model, model.stamp_size, **kwargs)  # noqa: F405

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["VaeDeblender"]
+__all__ = ["VaeDeblender", "load_deblender"]
 
+import functools
 import json
 
 import numpy as np
@@ -11,17 +12,18 @@ import torch
 
 from ..model.networks import neighbour_maps
 from ..model.training import default_device, network_output
-from ..model.weights import load_bundle
+from ..model.weights import load_bundle, shipped_weights_path
 
-# On the CPU, network calls run on batches padded to a multiple of this: oneDNN's kernels round their sums
-# differently for batches of other sizes (measured: models up to 7e-4 e- apart for batches of 1-7, 9-11,
-# 13-37 stamps against batches of 8), so that a stamp's model would depend on how many stamps share its
-# call.  Padded, every stamp's model is the same bit for bit whatever the batch size or the grouping of
-# parents into calls (tests/test_robust_determinism.py); the cost is at most 7 extra stamps per call.
-# The normalisation's element-wise functions (asinh, sinh) are applied to chunks of that many stamps:
-# over a whole batch, torch splits them among threads at offsets that depend on the batch's length, and
-# the elements at the end of each thread's share take a scalar path that rounds differently (1 ulp).
-BATCH_MULTIPLE = 8
+# On the CPU, network calls run on batches padded to a multiple of this: the CPU kernels round their sums
+# differently for batches of other sizes (measured: models up to 7e-4 e- apart for batches of 1-3 or 5-7
+# stamps against batches of 8), so that a stamp's model would depend on how many stamps share its call.
+# Padded to multiples of 4 (of 2 they still differ), every stamp's model is the same bit for bit whatever
+# the batch size or the grouping of parents into calls (tests/test_robust_determinism.py); the cost is at
+# most 3 extra stamps per call.  The normalisation's element-wise functions (asinh, sinh) are applied to
+# chunks of that many stamps: over a whole batch, torch splits them among threads at offsets that depend
+# on the batch's length, and the elements at the end of each thread's share take a scalar path that
+# rounds differently (1 ulp).
+BATCH_MULTIPLE = 4
 
 
 class VaeDeblender:
@@ -37,10 +39,16 @@ class VaeDeblender:
         ``cpu``, ``cuda``...; the GPU when there is one by default.
     batch_size : `int`
         Stamps per network call.
+    deterministic : `bool`
+        On the CPU, make every stamp's model the same bit for bit whatever the batch (`BATCH_MULTIPLE`):
+        free for the pipeline's large batches; a call of one blend of a few galaxies takes about 1.7 times
+        as long (docs/robustness.md).
     """
 
-    def __init__(self, weights: str = "lsst", bands=None, device=None, batch_size: int = 256) -> None:
+    def __init__(self, weights: str = "lsst", bands=None, device=None, batch_size: int = 256,
+                 deterministic: bool = True) -> None:
         self.device = torch.device(device) if device is not None else default_device()
+        self._exact = deterministic and self.device.type == "cpu"
         self.vae, self.deblender, self.norm, self.metadata = load_bundle(weights, bands=bands,
                                                                          device=self.device)
         self.likelihood = self.metadata.get("likelihood", "normalized")
@@ -109,13 +117,13 @@ class VaeDeblender:
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with zero rows appended up to a multiple of `BATCH_MULTIPLE` rows, on the CPU."""
-        extra = -len(x) % BATCH_MULTIPLE if self.device.type == "cpu" else 0
+        extra = -len(x) % BATCH_MULTIPLE if self._exact else 0
         return torch.cat([x, x.new_zeros((extra,) + tuple(x.shape[1:]))]) if extra else x
 
     def _in_chunks(self, function, x: torch.Tensor) -> torch.Tensor:
         """``function`` of a padded batch of stamps, applied `BATCH_MULTIPLE` stamps at a time on the CPU
         (the same split among threads for every chunk)."""
-        if self.device.type != "cpu" or len(x) <= BATCH_MULTIPLE:
+        if not self._exact or len(x) <= BATCH_MULTIPLE:
             return function(x)
         return torch.cat([function(x[lo: lo + BATCH_MULTIPLE]) for lo in range(0, len(x), BATCH_MULTIPLE)])
 
@@ -131,3 +139,32 @@ class VaeDeblender:
         """Models in electrons from latent codes (on this deblender's device), differentiable in ``z``."""
         raw = self.deblender.decoder(self._padded(z))
         return self._in_chunks(lambda r: self.norm.inverse(network_output(r, self.likelihood)), raw)[: len(z)]
+
+
+def load_deblender(weights: str = "lsst", device: str | None = None, batch_size: int = 256,
+                   deterministic: bool = True) -> VaeDeblender:
+    """A `VaeDeblender`, loaded once per weights file (as it is on disk now) and options, then reused:
+    loading the weights costs more than deblending a blend.
+
+    Parameters
+    ----------
+    weights : `str`
+        Shipped weights name or ``.safetensors`` path.
+    device : `str`, optional
+        ``cpu``, ``cuda``...; the GPU when there is one by default.
+    batch_size : `int`
+        Stamps per network call.
+    deterministic : `bool`
+        See `VaeDeblender`.
+    """
+    path = shipped_weights_path(str(weights))
+    stat = path.stat()
+    return _cached_deblender(str(path.resolve()), stat.st_mtime_ns, stat.st_size, device, batch_size,
+                             deterministic)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_deblender(path: str, mtime_ns: int, size: int, device: str | None, batch_size: int,
+                      deterministic: bool) -> VaeDeblender:
+    # The file's time and size are in the key, so a rewritten file is loaded again.
+    return VaeDeblender(path, device=device, batch_size=batch_size, deterministic=deterministic)

@@ -25,7 +25,6 @@ from __future__ import annotations
 __all__ = ["VaeDeblendConnections", "VaeDeblendConfig", "VaeDeblendTask"]
 
 import dataclasses
-import functools
 import math
 import time
 from typing import Any
@@ -140,13 +139,6 @@ class VaeDeblendConfig(PipelineTaskConfig, pipelineConnections=VaeDeblendConnect
             "otherwise the exception stops the patch.", default=True)
 
 
-@functools.lru_cache(maxsize=2)
-def _load_deblender(weights: str, device: str, batch_size: int) -> Any:
-    from ...deblend.network import VaeDeblender
-
-    return VaeDeblender(weights, device=device or None, batch_size=batch_size)
-
-
 @dataclasses.dataclass
 class _Outcome:
     """The deblending result of one parent (patch-pixel coordinates)."""
@@ -202,7 +194,10 @@ class VaeDeblendTask(PipelineTask):
                 import torch
 
                 torch.set_num_threads(self.config.numThreads)
-            self._model = _load_deblender(self.config.weights, self.config.device, self.config.batchSize)
+            from ...deblend.network import load_deblender
+
+            self._model = load_deblender(self.config.weights, self.config.device or None,
+                                         self.config.batchSize)
         return self._model
 
     def runQuantum(self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection,
