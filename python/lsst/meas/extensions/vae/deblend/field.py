@@ -334,7 +334,7 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
     centers = rounded  # an unmodelled peak outside the image keeps its position
     active = np.flatnonzero(inside)
     unique_labels = np.unique(labels)
-    groups = _label_groups(labels)
+    groups = [np.flatnonzero(labels == lab) for lab in unique_labels]
     active_groups = [g[inside[g]] for g in groups]
     active_groups = [g for g in active_groups if len(g)]
     half = stamp_size // 2
@@ -484,11 +484,6 @@ def _waves(centers: np.ndarray, brightness: np.ndarray, size: int) -> np.ndarray
     out = np.empty_like(waves)
     out[order] = waves
     return out
-
-
-def _label_groups(labels: np.ndarray) -> list[np.ndarray]:
-    """Indices of each label's members, in increasing label order."""
-    return [np.flatnonzero(labels == lab) for lab in np.unique(labels)]
 
 
 def _nearest_peak(xs: np.ndarray, ys: np.ndarray, peaks: np.ndarray, tile: int = 64) -> np.ndarray:
