@@ -9,9 +9,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "python" / "lsst" / "meas" / "extensions" / "vae"
 # Each part, and the parts above it that it must not import.
 FORBIDDEN = {
-    "measure": {"sim", "model", "deblend", "evaluate", "pipe", "cli"},
-    "sim": {"model", "deblend", "evaluate", "pipe", "cli"},
-    "deblend": {"evaluate", "pipe", "cli"},
+    "measure": {"sim", "model", "deblend", "compare", "evaluate", "pipe", "cli"},
+    "sim": {"model", "deblend", "compare", "evaluate", "pipe", "cli"},
+    "deblend": {"compare", "evaluate", "pipe", "cli"},
+    "compare": {"evaluate", "pipe", "cli"},
     "evaluate": {"pipe", "cli"},
 }
 
