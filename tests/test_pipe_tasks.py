@@ -17,7 +17,7 @@ from lsst.meas.extensions.vae.deblend.network import VaeDeblender
 from lsst.meas.extensions.vae.model.weights import WeightsMismatchError
 from lsst.meas.extensions.vae.pipe.standalone import (DetectCoaddPeaksTask, MeasureObjectUnforcedTask,
                                                       VaeDeblendTask)
-from lsst.meas.extensions.vae.pipe.standalone.detection import (detect, grow_mask, label_regions,
+from lsst.meas.extensions.vae.measure.detection import (detect, grow_mask, label_regions,
                                                                 local_maxima)
 from lsst.meas.extensions.vae.pipe.standalone.ids import IdGeneratorConfig, PatchIdGenerator
 from lsst.meas.extensions.vae.deblend.field import conserve_flux

@@ -40,7 +40,7 @@ from lsst.utils.timer import timeMethod
 from ...deblend.field import Child, DeblendConfig, Parent, deblend_field
 from ...deblend.fit import FIT_STEPS_DEFAULT, median_variance
 from .coadd import Coadd, FootprintImage
-from .detection import footprint_boxes
+from ...measure.detection import footprint_boxes
 from .detect_task import BAND_DIMENSIONS, PATCH_DIMENSIONS
 from .models import BlendModel, ChildModel, VaeModelData
 

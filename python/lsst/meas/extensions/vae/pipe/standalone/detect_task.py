@@ -1,7 +1,7 @@
 """``detectCoaddPeaks``: multi-band footprints and peaks of a coadd patch (standalone, no afw).
 
 Reads every band's ``deep_coadd`` of a patch, detects on their inverse-variance weighted, PSF-matched
-sum (`lsst.meas.extensions.vae.pipe.standalone.detection`), and writes the parents
+sum (`lsst.meas.extensions.vae.measure.detection`), and writes the parents
 (``object_detection_merged``), their peaks (``object_detection_peaks``) and the footprints as a label
 image (``object_detection_footprints``).  Positions are patch pixels.
 """
@@ -19,7 +19,7 @@ from lsst.pipe.base import connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
 from .coadd import Coadd, FootprintImage
-from .detection import detect, psf_sigma
+from ...measure.detection import detect, psf_sigma
 from .ids import IdGeneratorConfig, PatchIdGenerator
 
 PATCH_DIMENSIONS = ("tract", "patch", "skymap")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import sep
 
-from ...measure.shape import hsm_shape
+from .shape import hsm_shape
 
 
 @dataclasses.dataclass
