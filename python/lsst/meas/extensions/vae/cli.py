@@ -1,7 +1,8 @@
 """The ``vae-deblend`` command line.
 
-``vae-deblend simulate blends|patch ...`` makes datasets; ``vae-deblend demo`` runs the main job on the
-embedded defaults.  Heavy modules are imported inside the commands so that ``--help`` is instant.
+``vae-deblend simulate blends|patch ...`` makes datasets; ``vae-deblend bench`` runs every deblender on the
+same test blends; ``vae-deblend demo`` runs the main job on the embedded defaults.  Heavy modules are
+imported inside the commands so that ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -105,6 +106,26 @@ def build_parser() -> argparse.ArgumentParser:
                           help="do not give the network the other peaks' positions")
     evaluate.add_argument("--out", type=Path, required=True)
     evaluate.add_argument("--no-progress", action="store_true")
+
+    bench = commands.add_parser("bench", help="every deblender on the same test blends, in one run")
+    bench.add_argument("--n", type=int, default=1000, help="test blends (default 1000)")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--deblenders", default=",".join(("vae", "vae-fit", "scarlet", "sep", "none")),
+                       help="comma-separated, from vae, vae-fit, scarlet, sep, none (default: all)")
+    bench.add_argument("--preset", default="anchor", choices=("paper", "training", "anchor"),
+                       help="how the test blends are built (sim.blend.BLEND_PRESETS; default anchor)")
+    bench.add_argument("--catalog", default=None, help="CatSim-format FITS catalogue (its test split)")
+    bench.add_argument("--psf-fwhm", type=float, default=None,
+                       help="every band's PSF FWHM, arcsec, instead of the preset's (a PSF shift)")
+    bench.add_argument("--peaks", default="true", choices=("true", "detected"),
+                       help="true centres, or the pipeline's detected peaks matched to the truth")
+    bench.add_argument("--shear", action="store_true", help="measure the shear response (m, c) too")
+    bench.add_argument("--shear-g", type=float, default=0.02, help="applied shear on each component")
+    bench.add_argument("--weights", default="lsst", help="shipped weights name or .safetensors path")
+    bench.add_argument("--fit-steps", type=int, default=60, help="latent-fit steps of vae-fit")
+    bench.add_argument("--threads", type=int, default=1, help="torch and JAX threads (default 1)")
+    bench.add_argument("--out", type=Path, required=True)
+    bench.add_argument("--no-progress", action="store_true")
 
     demo = commands.add_parser("demo", help="the main job on the embedded defaults")
     demo.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder")
@@ -294,6 +315,21 @@ def evaluate_weights(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def bench_deblenders(args: argparse.Namespace) -> dict:
+    """``vae-deblend bench``: ``bench.json``, ``bench.md`` and ``bench.png`` in ``--out``."""
+    from .evaluate.bench import BenchConfig, run_bench
+
+    config = BenchConfig(n=args.n, seed=args.seed, deblenders=tuple(args.deblenders.split(",")),
+                         preset=args.preset, catalog=args.catalog, psf_fwhm=args.psf_fwhm,
+                         peaks=args.peaks, shear=args.shear,
+                         shear_g=args.shear_g, weights=args.weights, fit_steps=args.fit_steps,
+                         threads=args.threads)
+    result = run_bench(config, args.out, progress=not args.no_progress)
+    print((args.out / "bench.md").read_text(), end="")
+    print(f"wrote {args.out / 'bench.json'}, {args.out / 'bench.md'}, {args.out / 'bench.png'}")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "simulate" and args.kind == "blends":
@@ -304,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         train_model(args)
     elif args.command == "evaluate":
         evaluate_weights(args)
+    elif args.command == "bench":
+        bench_deblenders(args)
     elif args.command == "bundle":
         bundle_weights(args)
     elif args.command == "demo":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["plot_binned", "plot_examples"]
+__all__ = ["plot_binned", "plot_examples", "plot_bench"]
 
 from pathlib import Path
 
@@ -83,3 +83,41 @@ def plot_examples(examples: list[tuple], path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_bench(result: dict, path: str | Path) -> Path:
+    """Every row of a bench result side by side: median and mean abs(df/f) and abs(dg) RMS against r
+    magnitude and blendedness, and the time per blend."""
+    rows = result["deblenders"]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for col, (key, label) in enumerate((("by_mag", "r magnitude"), ("by_blendedness", "blendedness (r)"))):
+        for name, entry in rows.items():
+            bins = [b for b in entry[key] if b["n"] > 0]
+            x = [0.5 * (b["lo"] + b["hi"]) for b in bins]
+            style = "--" if ":" in name else "-"
+            axes[0, col].plot(x, [b["flux_rel_abs_err_median"] for b in bins], "o" + style, label=name)
+            axes[1, col].plot(x, [b["flux_rel_abs_err_mean"] for b in bins], "o" + style, label=name)
+        for ax, what in ((axes[0, col], "median"), (axes[1, col], "mean")):
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"abs(df/f) {what} (r)")
+            ax.set_yscale("log")
+    axes[0, 0].legend(fontsize=7)
+    names = list(rows)
+    y = np.arange(len(names))
+    axes[0, 2].barh(y, [1e3 * rows[n]["seconds_per_blend_median"] for n in names])
+    axes[0, 2].set_yticks(y, names, fontsize=8)
+    axes[0, 2].set_xscale("log")
+    axes[0, 2].set_xlabel("ms per blend (median, all sources)")
+    for name, entry in rows.items():
+        bins = [b for b in entry["by_blendedness"] if b["n"] > 0]
+        axes[1, 2].plot([0.5 * (b["lo"] + b["hi"]) for b in bins], [b["e_err_rms"] for b in bins],
+                        "o" + ("--" if ":" in name else "-"), label=name)
+    axes[1, 2].set_xlabel("blendedness (r)")
+    axes[1, 2].set_ylabel("dg RMS (r, HSM)")
+    cfg = result["config"]
+    fig.suptitle(f"{result['n_blends']} blends ({cfg['preset']}, {cfg['peaks']} peaks), "
+                 f"{result['n_galaxies']} galaxies")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -227,8 +227,14 @@ class BlendMaker:
         self._ref_scale = self.survey.bands[self._ref].pixel_scale
         self.variance = (self.survey.noise_sigma**2).astype(np.float32)
 
-    def make(self, seed: int, index: int, split: str = "train") -> Blend:
-        """Make blend number ``index`` of the stream (seed, split)."""
+    def make(self, seed: int, index: int, split: str = "train",
+             shear: tuple[float, float] | None = None) -> Blend:
+        """Make blend number ``index`` of the stream (seed, split).
+
+        With ``shear`` (g1, g2), every galaxy's profile is sheared before the PSF; the galaxies, their
+        positions and the noise realisation are those of the unsheared blend (the draws do not depend on
+        the shear), as a shear-response measurement needs.
+        """
         cfg = self.config
         rng = np.random.default_rng([seed, SPLITS[split], index])
         n = int(rng.integers(cfg.min_galaxies, cfg.max_galaxies + 1))
@@ -254,7 +260,7 @@ class BlendMaker:
         dx = np.concatenate([[shift[0]], shift[0] + radius * np.cos(angle)])
         dy = np.concatenate([[shift[1]], shift[1] + radius * np.sin(angle)])
 
-        truth_images = self.renderer.render(galaxies, dx, dy)
+        truth_images = self.renderer.render(galaxies, dx, dy, shear=shear)
         # Zero the far wings (and FFT ringing) far below the noise: exact zeros compress on disk.
         sigma = np.sqrt(self.variance)[None, :, None, None]
         truth_images[np.abs(truth_images) < TRUTH_FLOOR * sigma] = 0.0

@@ -135,7 +135,8 @@ class StampRenderer:
         mags = catalog.mag[:, self._band_columns]
         return np.stack([band.mag_to_electrons(mags[:, i]) for i, band in enumerate(self.survey.bands)], 1)
 
-    def render(self, catalog: GalaxyCatalog, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    def render(self, catalog: GalaxyCatalog, dx: np.ndarray, dy: np.ndarray,
+               shear: tuple[float, float] | None = None) -> np.ndarray:
         """Draw every galaxy of ``catalog`` alone in its own stamp.
 
         Parameters
@@ -144,6 +145,9 @@ class StampRenderer:
             Galaxies to draw.
         dx, dy : `numpy.ndarray`
             Offsets of the galaxy centres from the stamp's central pixel, arcsec (x along columns).
+        shear : `tuple` [`float`, `float`], optional
+            Reduced shear (g1, g2) applied to every galaxy's light profile before the PSF (its position
+            is not moved), as a lensing shear acts on shapes.
 
         Returns
         -------
@@ -167,6 +171,8 @@ class StampRenderer:
                 dk = 2 * math.pi / (m * group.pixel_scale)
                 full = group.fold * m
                 for profile, fraction in components:
+                    if shear is not None:
+                        profile = profile.shear(g1=float(shear[0]), g2=float(shear[1]))
                     kimage = profile.shift(float(dx[g]), float(dy[g])).drawKImage(nx=full, ny=full, scale=dk)
                     spectrum = kimage.array * transfer
                     if group.fold > 1:
