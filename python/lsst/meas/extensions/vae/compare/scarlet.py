@@ -155,6 +155,7 @@ def _import_jax() -> tuple[Any, Any, Any, Any]:
     return jax, jnp, eqx, scarlet2
 
 
+@functools.lru_cache(maxsize=8)
 def _ring_tables(size: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """For each square ring r = 1..size//2 about the centre of a ``size`` x ``size`` window: the flat
     indices of its pixels, of their up to 3 neighbours on ring r - 1, and the neighbours' weights.
