@@ -39,6 +39,7 @@ import functools
 import logging
 import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -440,7 +441,10 @@ def _fit(data: np.ndarray, weights: np.ndarray, psfs: np.ndarray, xy: np.ndarray
     spectra = np.maximum(spectra, config.floor)
     spectra[n:] = 0.0
 
-    with scarlet2.Scene(frame) as scene:
+    # scarlet2 probes every attribute of a new source for astropy units, which trips numpy's deprecation
+    # of dtype=array on JAX arrays: a warning about scarlet2's internals that a user cannot act on.
+    with warnings.catch_warnings(), scarlet2.Scene(frame) as scene:
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="scarlet2")
         for k in range(n_pad):
             # Every source spans the frame (centre at the frame's centre): boxes are then the same for
             # every blend of this shape and the compiled fit is reused; the peak enters as data.
