@@ -97,5 +97,4 @@ def test_compare_pipeline_runs_both_deblenders(tmp_path):
     for label in ("vae", "scarlet"):
         matched = np.asarray(table[f"{label}_matched"])
         err = np.abs(np.asarray(table[f"{label}_r_fluxRelErr"])[matched])
-        print(label, matched.mean(), np.median(err))
-        assert np.median(err) < 0.5
+        assert np.median(err) < 0.25  # measured 0.09 (vae), 0.11 (scarlet)
