@@ -1,5 +1,5 @@
 """scarlet_deblend on anchor-preset test blends with true peaks: r-band |df/f| and ms per blend on one
-thread (docs/comparison.md).  Usage: python bench/scarlet_blends.py SEED N"""
+thread (docs/comparison.md).  Usage: python bench/bench_scarlet.py SEED N"""
 import os, time, sys
 os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 import numpy as np
