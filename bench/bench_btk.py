@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -33,8 +34,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-number", type=int, default=3)
     parser.add_argument("--min-number", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     import btk
     import btk.deblend
@@ -87,7 +94,8 @@ def main(argv=None) -> dict:
         n_done += batch.batch_size
 
     summary = {"n_blends": n_done, "args": vars(args), "machine": platform.processor() or platform.machine(),
-               "draw_ms_per_blend": 1e3 * draw_seconds / n_done, "deblenders": {}}
+               "draw_ms_per_blend": 1e3 * draw_seconds / n_done, "torch_threads": torch.get_num_threads(),
+               "cpus": os.cpu_count(), "deblenders": {}}
     print(f"{n_done} BTK LSST blends ({args.min_number}-{m} galaxies, BTK DefaultSampling), r band, "
           f"drawing {summary['draw_ms_per_blend']:.1f} ms/blend")
     print(f"{'deblender':22s} {'matched':>9s} {'MSE med/mean':>18s} {'PSNR med/mean':>15s} "
