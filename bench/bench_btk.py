@@ -56,8 +56,9 @@ def main(argv=None) -> dict:
             image = np.clip(blend_batch.blend_images[ii], 0, None)
             images = np.zeros((self.max_n_sources,) + image.shape)
             images[: len(catalog)] = image
-            return btk.blend_batch.DeblendExample(self.max_n_sources, catalog["ra", "dec", "x_peak", "y_peak"],
-                                                  image.shape[0], image.shape[-1], None, images)
+            columns = catalog["ra", "dec", "x_peak", "y_peak"]
+            return btk.blend_batch.DeblendExample(self.max_n_sources, columns, image.shape[0],
+                                                  image.shape[-1], None, images)
 
     m = args.max_number
     # SepSingleBand may find more sources than there are galaxies (max_n_sources m + 3); "vae_on_sep_r"
@@ -66,7 +67,8 @@ def main(argv=None) -> dict:
                   "btk_SepSingleBand_r": btk.deblend.SepSingleBand(m + 3, use_band=2),
                   "vae_on_sep_r": VaeDeblend(m + 3), "no_deblending": NoDeblend(m)}
     catalog = btk.catalog.CatsimCatalog.from_file(args.catalog)
-    sampling = btk.sampling_functions.DefaultSampling(max_number=m, min_number=args.min_number, seed=args.seed)
+    sampling = btk.sampling_functions.DefaultSampling(max_number=m, min_number=args.min_number,
+                                                      seed=args.seed)
     draw = btk.draw_blends.CatsimGenerator(catalog, sampling, btk.survey.get_surveys("LSST"),
                                            batch_size=args.batch_size, seed=args.seed)
     scores = {name: {"mse": [], "psnr": [], "ssim": [], "n_true": 0, "n_matched": 0, "seconds": 0.0}
@@ -101,7 +103,8 @@ def main(argv=None) -> dict:
     print(f"{'deblender':22s} {'matched':>9s} {'MSE med/mean':>18s} {'PSNR med/mean':>15s} "
           f"{'SSIM med/mean':>15s} {'ms/blend':>9s}")
     for name, s in scores.items():
-        row = {"n_true": s["n_true"], "n_matched": s["n_matched"], "ms_per_blend": 1e3 * s["seconds"] / n_done}
+        row = {"n_true": s["n_true"], "n_matched": s["n_matched"],
+               "ms_per_blend": 1e3 * s["seconds"] / n_done}
         for key in ("mse", "psnr", "ssim"):
             values = np.asarray(s[key])
             row[key] = {"median": float(np.median(values)), "mean": float(np.mean(values))}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 __all__ = ["VaeDeblend", "apply_btk_shims", "band_indices", "reconstruction_metrics"]
 
-import logging
+import dataclasses
 import types
 from collections.abc import Sequence
 
@@ -41,8 +41,6 @@ import galsim
 from astropy.table import Table
 
 from ..deblend.field import DeblendConfig, add_at, deblend_field
-
-_log = logging.getLogger(__name__)
 
 PEAK_MODES = ("truth", "sep")
 
@@ -163,15 +161,15 @@ class VaeDeblend(btk.deblend.Deblender):
         self.images = images
         config = config or DeblendConfig()
         # Conservation costs time and is only needed for the conserved images.
-        self.config = DeblendConfig(**{**config.__dict__, "conserve_flux": images == "conserved",
-                                       "keep_conserved_images": images == "conserved"})
+        self.config = dataclasses.replace(config, conserve_flux=images == "conserved",
+                                          keep_conserved_images=images == "conserved")
         self.detect_threshold = float(detect_threshold)
         self.detect_min_area = int(detect_min_area)
-        self._survey_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._survey_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def _survey_setup(self, survey) -> tuple[np.ndarray, np.ndarray]:
         """Band indices of the network's bands in the survey, and the survey's sky variance per band."""
-        key = id(survey)
+        key = (survey.name, tuple(survey.available_filters), str(survey.pixel_scale))
         if key not in self._survey_cache:
             from surveycodex.utilities import mean_sky_level
 
@@ -271,8 +269,9 @@ class VaeDeblend(btk.deblend.Deblender):
         return btk.blend_batch.DeblendExample(self.max_n_sources, catalog, n_bands, size, None, deblended)
 
 
-def reconstruction_metrics(blend_batch: btk.blend_batch.BlendBatch, deblend_batch: btk.blend_batch.DeblendBatch,
-                           band: str = "r", pixel_max_sep: float = 5.0) -> dict[str, np.ndarray]:
+def reconstruction_metrics(blend_batch: btk.blend_batch.BlendBatch,
+                           deblend_batch: btk.blend_batch.DeblendBatch, band: str = "r",
+                           pixel_max_sep: float = 5.0) -> dict[str, np.ndarray]:
     """BTK's reconstruction metrics of one deblended batch against BTK's noiseless isolated images.
 
     The detections are matched to the truth with BTK's ``PixelHungarianMatcher``; BTK's ``MSE`` (which is
@@ -308,7 +307,8 @@ def reconstruction_metrics(blend_batch: btk.blend_batch.BlendBatch, deblend_batc
     pred_images = matching.match_pred_arrays(deblend_batch.deblended_images[:, :, pred_band])
     size = blend_batch.batch_size
     out = {}
-    for name, metric in (("mse", recon.MSE(size)), ("psnr", recon.PSNR(size)), ("ssim", recon.StructSim(size))):
+    metrics = (("mse", recon.MSE(size)), ("psnr", recon.PSNR(size)), ("ssim", recon.StructSim(size)))
+    for name, metric in metrics:
         metric(true_images, pred_images)
         out[name] = np.asarray(metric.all_data[-1][name], dtype=float)
     out["n_true"] = np.asarray(matching.n_true)
