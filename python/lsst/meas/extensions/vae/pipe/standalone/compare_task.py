@@ -20,7 +20,7 @@ from lsst.pipe.base import (InputQuantizedConnection, OutputQuantizedConnection,
                             PipelineTaskConfig, PipelineTaskConnections, QuantumContext, Struct)
 from lsst.pipe.base import connectionTypes as cT
 
-from .demo import match_to_truth
+from ...measure.matching import match_to_truth
 from .detect_task import PATCH_DIMENSIONS
 
 
