@@ -41,6 +41,7 @@ def test_every_key_for_every_deblender(true_peaks_bench):
     assert n_galaxies >= 16  # 8 anchor blends of 2-4 galaxies, all scored
     for name, row in rows.items():
         assert row["seconds_per_blend_median"] > 0, name
+        assert ((row["seconds_per_blend_batched"] or 0) > 0) == name.startswith("vae"), name
         for subset in ("all", "central"):
             assert set(STAT_KEYS) <= set(row[subset]), (name, subset)
         assert row["all"]["n"] == n_galaxies and row["central"]["n"] == 8
