@@ -7,7 +7,8 @@ reason.  The rules and their order are those of scarlet's task (``ScarletDeblend
 
 1. pseudo sources (sky objects): ``deblend_skipped_isPseudo``;
 2. footprints too big: bounding-box area above ``max_area``, longest bounding-box side above
-   ``max_size``, or bounding-box area times number of peaks above ``max_area_times_peaks``
+   ``max_size``, bounding-box area times number of peaks above ``max_area_times_peaks``, or the
+   footprint's axis ratio (minor / major, from its second moments) below ``min_axis_ratio``
    (``deblend_skipped_parentTooBig``);
 3. too many masked pixels: for any plane of ``mask_limits``, the fraction of the footprint's pixels with
    that plane set in any band above the plane's limit (``deblend_skipped_masked``);
@@ -50,6 +51,8 @@ class SkipLimits:
         ``maxAreaTimesPeaks``.
     mask_limits : `dict` [`str`, `float`]
         ``maskLimits``: largest masked fraction of the footprint per mask plane.
+    min_axis_ratio : `float`
+        ``minFootprintAxisRatio``.
     """
 
     max_peaks: int = 600
@@ -57,11 +60,13 @@ class SkipLimits:
     max_size: int = 0
     max_area_times_peaks: int = 1_000_000_000
     mask_limits: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    min_axis_ratio: float = 0.0
 
 
 def skip_reason(*, n_peaks: int, bbox_area: int, bbox_size: int, is_pseudo: bool, masked: Mapping[str, float],
                 max_peaks: int, max_area: int, max_size: int, mask_limits: Mapping[str, float],
-                max_area_times_peaks: int = 0) -> str | None:
+                max_area_times_peaks: int = 0, axis_ratio: float | None = None,
+                min_axis_ratio: float = 0.0) -> str | None:
     """The flag naming why one parent is not deblended, or `None` to deblend it (rules: module docstring).
 
     Parameters
@@ -74,8 +79,10 @@ def skip_reason(*, n_peaks: int, bbox_area: int, bbox_size: int, is_pseudo: bool
         The parent is a pseudo source (sky object).
     masked : `dict` [`str`, `float`]
         Fraction of the footprint's pixels with each plane of ``mask_limits`` set (in any band).
-    max_peaks, max_area, max_size, mask_limits, max_area_times_peaks
+    max_peaks, max_area, max_size, mask_limits, max_area_times_peaks, min_axis_ratio
         The limits (`SkipLimits`).
+    axis_ratio : `float`, optional
+        Minor over major axis of the footprint (needed only with ``min_axis_ratio > 0``).
 
     Returns
     -------
@@ -85,15 +92,16 @@ def skip_reason(*, n_peaks: int, bbox_area: int, bbox_size: int, is_pseudo: bool
     reasons = skip_reasons(n_peaks=np.array([n_peaks]), bbox_area=np.array([bbox_area]),
                            bbox_size=np.array([bbox_size]), is_pseudo=np.array([is_pseudo]),
                            masked={plane: np.array([masked.get(plane, 0.0)]) for plane in mask_limits},
+                           axis_ratio=None if axis_ratio is None else np.array([axis_ratio]),
                            limits=SkipLimits(max_peaks=max_peaks, max_area=max_area, max_size=max_size,
                                              max_area_times_peaks=max_area_times_peaks,
-                                             mask_limits=dict(mask_limits)))
+                                             mask_limits=dict(mask_limits), min_axis_ratio=min_axis_ratio))
     return reasons[0] or None
 
 
 def skip_reasons(*, n_peaks: np.ndarray, bbox_area: np.ndarray, bbox_size: np.ndarray,
                  is_pseudo: np.ndarray | None = None, masked: Mapping[str, np.ndarray] | None = None,
-                 limits: SkipLimits = SkipLimits()) -> np.ndarray:
+                 axis_ratio: np.ndarray | None = None, limits: SkipLimits = SkipLimits()) -> np.ndarray:
     """The skip flag of each of n parents (rules: module docstring), ``""`` for those to deblend.
 
     Parameters
@@ -105,6 +113,8 @@ def skip_reasons(*, n_peaks: np.ndarray, bbox_area: np.ndarray, bbox_size: np.nd
     masked : `dict` [`str`, `numpy.ndarray` (n,)], optional
         Masked fraction of each footprint per plane of ``limits.mask_limits`` (a plane missing here counts
         as unmasked).
+    axis_ratio : `numpy.ndarray` (n,), optional
+        Minor over major axis of each footprint; without it ``limits.min_axis_ratio`` is not applied.
     limits : `SkipLimits`
 
     Returns
@@ -124,6 +134,8 @@ def skip_reasons(*, n_peaks: np.ndarray, bbox_area: np.ndarray, bbox_size: np.nd
         too_big |= size > limits.max_size
     if limits.max_area_times_peaks > 0:
         too_big |= area * n_peaks > limits.max_area_times_peaks
+    if limits.min_axis_ratio > 0 and axis_ratio is not None:
+        too_big |= np.asarray(axis_ratio, dtype=np.float64) < limits.min_axis_ratio
     too_masked = np.zeros(n, dtype=bool)
     for plane, limit in limits.mask_limits.items():
         if masked is not None and plane in masked:
