@@ -276,8 +276,9 @@ def test_skip_rules_are_one_set():
     # Without axis ratios the axis-ratio limit does not apply; a mask limit of 0 is "not one pixel".
     assert skip_reason(n_peaks=2, bbox_area=10, bbox_size=5, is_pseudo=False, masked={}, max_peaks=0,
                        max_area=0, max_size=0, mask_limits={}, min_axis_ratio=0.5) is None
-    assert skip_reason(n_peaks=2, bbox_area=10, bbox_size=5, is_pseudo=False, masked={"BAD": 0.01},
-                       max_peaks=0, max_area=0, max_size=0, mask_limits={"BAD": 0.0}) == "deblend_skipped_masked"
+    flag = skip_reason(n_peaks=2, bbox_area=10, bbox_size=5, is_pseudo=False, masked={"BAD": 0.01},
+                       max_peaks=0, max_area=0, max_size=0, mask_limits={"BAD": 0.0})
+    assert flag == "deblend_skipped_masked"
 
 
 def test_override_files_set_known_fields():
@@ -596,7 +597,8 @@ def test_catalogs(stack_run):
     assert len(parents) == len(catalog) + 2 and not _blendRecords(parents, lone.getId())
     assert min(blendRecord.getId(), crowdedRecord.getId()) > max(catalog["id"])
     for record in (blend, blendRecord):
-        assert record["deblend_nChild"] == 2 and record["deblend_nPeaks"] == 2 and record["deblend_runtime"] > 0
+        assert record["deblend_nChild"] == 2 and record["deblend_nPeaks"] == 2
+        assert record["deblend_runtime"] > 0
     assert blendRecord.getFootprint().getArea() == blend.getFootprint().getArea()
     assert lone["deblend_skipped_isolatedParent"] and not lone["deblend_skipped"]
     # A sky object is an isolated source: no skip flag (scarlet keeps isPseudo for skipped pseudo blends).
@@ -609,7 +611,8 @@ def test_catalogs(stack_run):
     assert sorted(isolated["id"]) == sorted([lone.getId(), sky.getId()])
     for record in isolated:
         assert record.getFootprint().getArea() == catalog.find(record.getId()).getFootprint().getArea()
-        assert record["deblend_parentNPeaks"] == 0 and record["deblend_blendId"] == 0  # as scarlet leaves them
+        # As scarlet leaves them:
+        assert record["deblend_parentNPeaks"] == 0 and record["deblend_blendId"] == 0
     children = objects[objects["parent"] != 0]
     assert len(children) == 2 and set(children["parent"]) == {blend.getId()}
     assert min(children["id"]) > max(parents["id"])
@@ -628,7 +631,7 @@ def test_catalogs(stack_run):
 
 @stack
 def test_model_data_layout_and_round_trip(stack_run):
-    """The model data as the installed meas_extensions_scarlet writes it, through its own as_dict/from_dict."""
+    """The model data as the installed meas_extensions_scarlet writes it, through its as_dict/from_dict."""
     import lsst.scarlet.lite as scl
     from lsst.meas.extensions.scarlet.io import LsstScarletModelData
     from lsst.meas.extensions.vae.pipe.rubin.deblendTask import (LsstHierarchicalBlendData, modelPsfArrays,
@@ -681,8 +684,9 @@ def test_model_data_rebuilds_heavy_footprints(stack_run, tmp_path):
     task, coadds, catalog, result = stack_run
     modelData = result.scarletModelData
     blendRecord = _blendRecords(result.objectParents, catalog[0].getId())[0]
+    sources = modelData.blends[catalog[0].getId()].children[blendRecord.getId()].sources
     stored = {s: sum(float(c.morph.sum()) * np.asarray(c.spectrum) for c in source.components)
-              for s, source in modelData.blends[catalog[0].getId()].children[blendRecord.getId()].sources.items()}
+              for s, source in sources.items()}
     path = tmp_path / "models.scarlet"
     write_scarlet_model(str(path), modelData)
     for redistribute in (False, True):

@@ -39,12 +39,13 @@ import lsst.pipe.base.connectionTypes as cT
 import lsst.scarlet.lite as scl
 from lsst.meas.base import SkyMapIdGeneratorConfig
 from lsst.meas.extensions.scarlet.io import IsolatedSourceData, LsstScarletModelData
-from lsst.meas.extensions.scarlet.scarletDeblendTask import ScarletDeblendConfig
+from lsst.meas.extensions.scarlet import ScarletDeblendConfig
 from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
 
-from ...deblend.skip import SKIP_PSEUDO, skip_reason
-from .blends import blend_box, deblend_blend, electrons_per_nanojansky, masked_fraction, stamp_margin, touches_edge
+from ...deblend.field import DeblendConfig
+from ...deblend.skip import skip_reason
+from .blends import blend_box, deblend_blend, electrons_per_nanojansky, stamp_margin, touches_edge
 from .modelData import delta_psf, export_blend, model_metadata
 from .vaeConfig import VaeDeblendConfig
 
@@ -55,6 +56,8 @@ except ImportError:  # meas_extensions_scarlet before it: scarlet_lite's Hierarc
 
 # Size of the deblend_error string column (as in scarlet's schema).
 ERROR_SIZE = 25
+# scarlet's columnInheritance default (deprecated upstream after v30: used when the field is gone).
+COLUMN_INHERITANCE = {"deblend_nChild": "deblend_parentNChild", "deblend_nPeaks": "deblend_parentNPeaks"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -543,7 +546,7 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
         """
         options = self.config.multibandDeblend
         patch = self._preparePatch(coadds, bands)
-        parents = self._makeParents(mergedDetections, idFactory)
+        parents = self._makeParents(self._ciSelection(mergedDetections), idFactory)
         if options.notDeblendedMask:
             for exposure in patch.coadds:
                 exposure.mask.addMaskPlane(options.notDeblendedMask)
@@ -625,18 +628,22 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
         parents.extend(sources, mapper=self.parentSchemaMapper)
         return parents
 
-    def _selectCiParents(self, parents) -> set[int] | None:
-        """With ``useCiLimits``, the ids of the parents to deblend (scarlet's selection), else `None`."""
+    def _ciSelection(self, mergedDetections):
+        """With ``useCiLimits``, scarlet's CI selection: the single-peak parents and the first
+        ``ciNumParentsToDeblend`` parents with a number of peaks in ``ciDeblendChildRange``."""
         options = self.config.multibandDeblend
-        if not options.useCiLimits:
-            return None
+        if not getattr(options, "useCiLimits", False):
+            return mergedDetections
         low, high = options.ciDeblendChildRange
-        nPeaks = np.array([len(p.getFootprint().peaks) for p in parents], dtype=int)
+        nPeaks = np.array([len(p.getFootprint().peaks) for p in mergedDetections], dtype=int)
         inRange = np.flatnonzero((nPeaks >= low) & (nPeaks <= high))
         if len(inRange) < options.ciNumParentsToDeblend:
             raise ValueError("Fewer than ciNumParentsToDeblend parents have a number of peaks in "
                              "ciDeblendChildRange.")
-        return {int(parents[int(k)].getId()) for k in inRange[:options.ciNumParentsToDeblend]}
+        keep = nPeaks == 1
+        keep[inRange[:options.ciNumParentsToDeblend]] = True
+        self.log.info("CI limits: deblending %d of %d parents.", int(keep.sum()), len(mergedDetections))
+        return mergedDetections[keep]
 
     def _initializeParents(self, parents, patch: _Patch) -> dict:
         """Copy each parent's first peak columns to it and add a blend record for each parent to deblend.
@@ -652,7 +659,6 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
             The blend record of each parent to deblend, by parent id.
         """
         options = self.config.multibandDeblend
-        ciParents = self._selectCiParents(parents)
         nParents = len(parents)
         blendRecords = {}
         for index in range(nParents):
@@ -669,8 +675,6 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
                 continue  # a sky object: an isolated source, no flag (as scarlet)
             if nPeaks == 1 and not options.processSingles:
                 parent.set("deblend_skipped_isolatedParent", True)
-                continue
-            if ciParents is not None and parent.getId() not in ciParents and nPeaks > 1:
                 continue
             blendRecord = parents.addNew()
             blendRecord.setParent(parent.getId())
@@ -691,14 +695,15 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
         cutBox = blend_box((box.getMinX() - xy0[0], box.getMinY() - xy0[1],
                             box.getMaxX() + 1 - xy0[0], box.getMaxY() + 1 - xy0[1]),
                            patch.margin, patch.shape)
+        minAxisRatio = getattr(options, "minFootprintAxisRatio", 0.0)
         reason = skip_reason(n_peaks=nPeaks, bbox_area=box.getArea(),
                              bbox_size=max(box.getWidth(), box.getHeight()),
                              is_pseudo=not modelPeaks, masked=self._maskedFractions(footprint, patch),
                              max_peaks=options.maxNumberOfPeaks, max_area=options.maxFootprintArea,
                              max_size=options.maxFootprintSize, mask_limits=dict(options.maskLimits),
                              max_area_times_peaks=options.maxAreaTimesPeaks,
-                             axis_ratio=_axisRatio(footprint) if options.minFootprintAxisRatio > 0 else None,
-                             min_axis_ratio=options.minFootprintAxisRatio)
+                             axis_ratio=_axisRatio(footprint) if minAxisRatio > 0 else None,
+                             min_axis_ratio=minAxisRatio)
         if reason is not None:
             self._skipBlend(blendRecord, reason, patch.coadds, reason)
             parent.set("deblend_skipped", True)
@@ -730,7 +735,8 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
         for child in children:
             for key in self.toCopyFromParent:
                 child.set(key, parent.get(key))
-            for parentColumn, childColumn in options.columnInheritance.items():
+            inheritance = getattr(options, "columnInheritance", COLUMN_INHERITANCE)
+            for parentColumn, childColumn in inheritance.items():
                 child.set(childColumn, parent.get(parentColumn))
         return "deblended", len(children)
 
@@ -751,11 +757,13 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
             return {}
         box = footprint.getBBox()
         xy0 = patch.xy0
-        cutBox = (box.getMinX() - xy0[0], box.getMinY() - xy0[1],
-                  box.getMaxX() + 1 - xy0[0], box.getMaxY() + 1 - xy0[1])
+        cutBox = blend_box((box.getMinX() - xy0[0], box.getMinY() - xy0[1],
+                            box.getMaxX() + 1 - xy0[0], box.getMaxY() + 1 - xy0[1]), 0, patch.shape)
         _, _, _, maskArrays = coaddCutout(patch.coadds, cutBox, [], np.ones(len(patch.coadds)), planes)
-        spans = footprint.spans.asArray()
-        return {name: masked_fraction(spans, array) for name, array in maskArrays.items()}
+        spans = _spansInBox(footprint, cutBox, xy0)
+        area = footprint.getArea()  # scarlet divides by the whole footprint's area
+        return {name: float(np.count_nonzero(spans & array)) / area if area else 0.0
+                for name, array in maskArrays.items()}
 
     def _fluxScale(self, networkBands: Sequence[str], exposures: Sequence) -> np.ndarray:
         """Network units per image unit of each network band (1 where there is no coadd)."""
