@@ -182,6 +182,65 @@ def test_export_blend_layout_reproduces_every_model(network, scene):
         np.testing.assert_allclose(total, expected / scale[:, None, None], rtol=1e-6)
 
 
+SCARLET_IO = all(importlib.util.find_spec(name) is not None for name in
+                 ("lsst.scarlet.lite", "lsst.meas.extensions.scarlet"))
+
+
+@pytest.mark.skipif(not SCARLET_IO, reason="scarlet_lite and meas_extensions_scarlet are Rubin-stack only")
+def test_model_data_round_trips_through_scarlets_io(network, scene):
+    """The wrapped model data goes through the installed io's as_dict / JSON / from_dict unchanged, and is
+    of the types that io's readers take (typed PSFs and LsstHierarchicalBlendData where it has them)."""
+    import lsst.scarlet.lite as scl
+    from lsst.meas.extensions.scarlet import io
+    from lsst.meas.extensions.vae.pipe.rubin.scarletData import (makeModelData, modelPsfArrays,
+                                                                 toScarletBlendData, typedModelData)
+
+    image, _, footprint, peaks = scene
+    children, parents = deblend_field(image, peaks, network, network.stamp_size,
+                                      footprints=footprint.astype(np.int32))
+    x0, y0, x1, y1 = bbox = parents[0].bbox
+    bands = tuple(network.bands)
+    blend = export_blend(children, bbox, footprint[y0:y1, x0:x1], [11, 12], [0, 1], blend_id=7,
+                         xy0=(1000, 2000), floor=[0.01] * len(bands))
+    modelData = makeModelData(bands)
+    modelData.blends[5] = toScarletBlendData(blend)
+    modelData.isolated[3] = io.IsolatedSourceData(span_array=np.ones((3, 4), dtype=bool), origin=(2005, 1010),
+                                                  peak=(2006, 1011))
+    hierarchical = modelData.blends[5]
+    if hasattr(io, "LsstHierarchicalBlendData"):
+        assert isinstance(hierarchical, io.LsstHierarchicalBlendData)
+        np.testing.assert_array_equal(hierarchical.span_array, footprint[y0:y1, x0:x1])
+        assert tuple(hierarchical.origin) == (y0 + 2000, x0 + 1000)
+    else:
+        assert isinstance(hierarchical, scl.io.HierarchicalBlendData)
+    if typedModelData():
+        assert not modelData.legacy and modelData.bands == bands
+        assert modelData.model_psf.data.shape == (1, PSF_SIZE, PSF_SIZE) and modelData.model_psf.bands == ()
+        assert modelData.psf.bands == bands
+    again = io.LsstScarletModelData.from_dict(json.loads(json.dumps(modelData.as_dict())))
+    assert set(again.blends) == {5} and set(again.isolated) == {3}
+    assert type(again.blends[5]) is type(hierarchical)
+    modelPsf, psf, got = modelPsfArrays(modelData)
+    modelPsf2, psf2, got2 = modelPsfArrays(again)
+    assert got == got2 == bands and psf2.shape == (len(bands), PSF_SIZE, PSF_SIZE)
+    np.testing.assert_array_equal(modelPsf2, modelPsf)
+    np.testing.assert_array_equal(psf2, psf)
+    np.testing.assert_array_equal(modelPsf2, delta_psf())
+    sources = again.blends[5].children[7].sources
+    assert set(sources) == {11, 12}
+    for k, (child_id, source) in enumerate(sources.items()):
+        assert source.metadata == {"id": child_id, "peak_id": k}
+        stored = blend["children"][7]["sources"][child_id]["components"]
+        assert len(source.components) == len(bands)
+        for component, expected in zip(source.components, stored):
+            assert tuple(component.origin) == expected["origin"] and tuple(component.peak) == expected["peak"]
+            np.testing.assert_allclose(component.morph, expected["morph"], rtol=1e-6)
+            np.testing.assert_array_equal(component.spectrum, expected["spectrum"])
+    isolated = again.isolated[3]
+    assert tuple(isolated.origin) == (2005, 1010) and tuple(isolated.peak) == (2006, 1011)
+    assert np.asarray(isolated.span_array).astype(bool).all()
+
+
 def test_export_blend_floor_trims_each_band(network, scene):
     image, _, _, peaks = scene
     children, parents = deblend_field(image, peaks, network, network.stamp_size)
@@ -634,8 +693,10 @@ def test_model_data_layout_and_round_trip(stack_run):
     """The model data as the installed meas_extensions_scarlet writes it, through its as_dict/from_dict."""
     import lsst.scarlet.lite as scl
     from lsst.meas.extensions.scarlet.io import LsstScarletModelData
-    from lsst.meas.extensions.vae.pipe.rubin.deblendTask import (LsstHierarchicalBlendData, modelPsfArrays,
-                                                                 typedModelData)
+    from lsst.meas.extensions.scarlet import io
+    from lsst.meas.extensions.vae.pipe.rubin.scarletData import modelPsfArrays, typedModelData
+
+    LsstHierarchicalBlendData = getattr(io, "LsstHierarchicalBlendData", None)
 
     task, coadds, catalog, result = stack_run
     modelData = result.scarletModelData
@@ -730,7 +791,7 @@ def blend_box_contains(outer, inner) -> bool:
 def test_model_floor_and_units(stack_run):
     """Stored models are in the coadds' units (nJy), clipped to the parent's box, at the observed seeing."""
     task, coadds, catalog, result = stack_run
-    from lsst.meas.extensions.vae.pipe.rubin.deblendTask import modelPsfArrays
+    from lsst.meas.extensions.vae.pipe.rubin.scarletData import modelPsfArrays
 
     blend = catalog[0]
     box = blend.getFootprint().getBBox()

@@ -19,11 +19,9 @@ data.  The afw <-> array conversions are the small functions at the top of this 
 from __future__ import annotations
 
 __all__ = ["VaeDeblendCoaddConnections", "VaeDeblendCoaddConfig", "VaeDeblendCoaddTask",
-           "footprintToArrays", "footprintsToLabelImage", "coaddCutout", "toScarletBlendData",
-           "makeModelData"]
+           "footprintToArrays", "footprintsToLabelImage", "coaddCutout"]
 
 import dataclasses
-import inspect
 import time
 from collections.abc import Sequence
 
@@ -36,9 +34,8 @@ import lsst.afw.table as afwTable
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
-import lsst.scarlet.lite as scl
 from lsst.meas.base import SkyMapIdGeneratorConfig
-from lsst.meas.extensions.scarlet.io import IsolatedSourceData, LsstScarletModelData
+from lsst.meas.extensions.scarlet.io import IsolatedSourceData
 from lsst.meas.extensions.scarlet import ScarletDeblendConfig
 from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
@@ -46,13 +43,10 @@ from lsst.utils.timer import timeMethod
 from ...deblend.field import DeblendConfig
 from ...deblend.skip import skip_reason
 from .blends import blend_box, deblend_blend, electrons_per_nanojansky, stamp_margin, touches_edge
-from .modelData import delta_psf, export_blend, model_metadata
+from .modelData import export_blend
+from .scarletData import makeModelData, toScarletBlendData
 from .vaeConfig import VaeDeblendConfig
 
-try:  # model data schema 1.0.2 on: the top-level blends carry the parent footprint as typed fields
-    from lsst.meas.extensions.scarlet.io import LsstHierarchicalBlendData
-except ImportError:  # meas_extensions_scarlet before it: scarlet_lite's HierarchicalBlendData
-    LsstHierarchicalBlendData = None
 
 # Size of the deblend_error string column (as in scarlet's schema).
 ERROR_SIZE = 25
@@ -160,71 +154,6 @@ def coaddCutout(exposures: Sequence[afwImage.Exposure | None], box: tuple[int, i
             if name in known:
                 planes[name] |= (bits & mask.getPlaneBitMask(name)) != 0
     return image, variance, bad, planes
-
-
-def typedModelData() -> bool:
-    """Whether the model data takes typed ``bands``, ``model_psf`` and ``psf`` (schema 1.0.3 on).
-
-    Older meas_extensions_scarlet releases read the three from ``metadata`` as arrays.
-    """
-    return (hasattr(scl, "ImagePsf")
-            and {"bands", "model_psf", "psf"} <= set(inspect.signature(LsstScarletModelData).parameters))
-
-
-def toScarletBlendData(blend: dict):
-    """Wrap `~lsst.meas.extensions.vae.pipe.rubin.modelData.export_blend` output into scarlet's classes.
-
-    Returns
-    -------
-    blend : ``LsstHierarchicalBlendData`` or ``lsst.scarlet.lite.io.HierarchicalBlendData``
-        The first where meas_extensions_scarlet has it (its ``updateCatalogFootprints`` reads nothing
-        else), the second for earlier releases, with the parent footprint in its ``metadata``.
-    """
-    children = {}
-    for blendId, child in blend["children"].items():
-        sources = {}
-        for sourceId, source in child["sources"].items():
-            components = [
-                scl.io.ScarletFactorizedComponentData(origin=tuple(c["origin"]), peak=tuple(c["peak"]),
-                                                      spectrum=c["spectrum"], morph=c["morph"])
-                for c in source["components"]
-            ]
-            sources[sourceId] = scl.io.ScarletSourceData(components=components,
-                                                         metadata=dict(source["metadata"]))
-        children[blendId] = scl.io.ScarletBlendData(origin=tuple(child["origin"]),
-                                                    shape=tuple(child["shape"]), sources=sources)
-    spans = np.asarray(blend["metadata"]["spans"], dtype=bool)
-    origin = tuple(int(v) for v in blend["metadata"]["origin"])
-    if LsstHierarchicalBlendData is not None:
-        return LsstHierarchicalBlendData(children=children, span_array=spans, origin=origin)
-    return scl.io.HierarchicalBlendData(children=children, metadata={"spans": spans, "origin": origin})
-
-
-def makeModelData(bands: Sequence[str]) -> LsstScarletModelData:
-    """An empty `LsstScarletModelData` whose PSFs make downstream re-convolution a no-op.
-
-    The VAE models are at the observed seeing: the model PSF and every band's PSF are the same delta
-    kernel, so the matching kernel downstream is a delta.  With schema 1.0.3 on they are typed
-    ``lsst.scarlet.lite.ImagePsf`` objects (the model PSF band-less, ``(1, h, w)``); before, arrays in
-    ``metadata``.
-    """
-    if typedModelData():
-        psf = delta_psf()
-        return LsstScarletModelData(
-            bands=tuple(bands),
-            model_psf=scl.ImagePsf(psf[None], bands=()),
-            psf=scl.ImagePsf(np.repeat(psf[None], len(bands), axis=0), bands=tuple(bands)),
-        )
-    return LsstScarletModelData(metadata=model_metadata(bands))
-
-
-def modelPsfArrays(modelData: LsstScarletModelData) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """The model PSF (2-d), the observed PSFs (bands, h, w) and the bands of a model data, either schema."""
-    if getattr(modelData, "psf", None) is not None and getattr(modelData, "bands", None) is not None:
-        modelPsf = np.asarray(modelData.model_psf.data)
-        return modelPsf.reshape(modelPsf.shape[-2:]), np.asarray(modelData.psf.data), tuple(modelData.bands)
-    metadata = modelData.metadata
-    return np.asarray(metadata["model_psf"]), np.asarray(metadata["psf"]), tuple(metadata["bands"])
 
 
 # ---------------------------------------------------------------------------------------------------------
