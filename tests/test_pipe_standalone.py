@@ -13,7 +13,7 @@ from lsst.pipe.base import testUtils
 
 from lsst.meas.extensions.vae.pipe.standalone import (DetectCoaddPeaksTask, MeasureObjectUnforcedTask,
                                                       VaeDeblendTask, open_repo, read_outputs, run_demo)
-from lsst.meas.extensions.vae.pipe.standalone.demo import match_to_truth
+from lsst.meas.extensions.vae.measure.matching import match_to_truth
 from lsst.meas.extensions.vae.model.weights import read_metadata, shipped_weights_path
 
 ORIGIN = (4000, 8000)

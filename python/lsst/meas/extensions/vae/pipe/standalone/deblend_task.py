@@ -22,7 +22,7 @@ rows.  ``deblend_runtime`` of a batched parent is the batch's time shared in pro
 
 from __future__ import annotations
 
-__all__ = ["VaeDeblendConnections", "VaeDeblendConfig", "VaeDeblendTask"]
+__all__ = ["VaeDeblendConnections", "DeblendConfigBase", "VaeDeblendConfig", "VaeDeblendTask"]
 
 import dataclasses
 import math
@@ -99,30 +99,12 @@ class VaeDeblendConnections(PipelineTaskConnections, dimensions=PATCH_DIMENSIONS
     )
 
 
-class VaeDeblendConfig(PipelineTaskConfig, pipelineConnections=VaeDeblendConnections):
-    weights = Field[str](doc="Shipped weights name (e.g. 'lsst') or a .safetensors path.", default="lsst")
-    device = Field[str](doc="Torch device ('cpu', 'cuda', ...); empty: the GPU when there is one.",
-                        default="")
-    batchSize = Field[int](doc="Stamps per network call.", default=256)
-    numThreads = Field[int](doc="Torch CPU threads; 0 leaves torch's default.", default=0)
-    iterations = Field[int](
-        doc="Passes over the peaks: 1 = brightest-first only; each further pass re-models every galaxy "
-            "on the image minus all the other models.", default=2)
-    doRefineCentroids = Field[bool](doc="Re-centre stamps on the models' light centroids.", default=True)
-    maxCentroidShift = Field[float](doc="Largest centroid correction, pixels.", default=3.0)
+class DeblendConfigBase(PipelineTaskConfig, pipelineConnections=VaeDeblendConnections):
+    """What every deblender of the standalone pipeline shares: the skip limits, the masks, isolated
+    sources, failures and flux conservation (`VaeDeblendConfig`, `ScarletDeblendConfig`)."""
+
     doConserveFlux = Field[bool](
         doc="Split each parent's observed flux among its children (deblend_conservedFlux_*).", default=True)
-    maxNeighbours = Field[int](doc="Most neighbour peaks given to the network per stamp.", default=8)
-    fitSteps = Field[int](
-        doc="Adam steps of the joint latent fit of each parent's galaxies to its pixels, through the "
-            "frozen decoder (0: the encoder's models as they are). More accurate, and slower: see "
-            "docs/benchmarks.md.", default=FIT_STEPS_DEFAULT)
-    fitLearningRate = Field[float](doc="Adam's step of the latent fit, in units of the weights' "
-                                   "latent spread.", default=0.1)
-    fitPriorWeight = Field[float](doc="Weight of the latent prior in the fit.", default=1.0)
-    fitAmplitudeSigma = Field[float](
-        doc="Width of the prior on the log of each child's free per-band amplitude in the fit "
-            "(0: no free amplitudes).", default=0.3)
     peaksPerCall = Field[int](doc="Peaks of the parents deblended together in one call of the core "
                               "(bounds the memory of their stamps and models).", default=2000)
     maxNumberOfPeaks = Field[int](
@@ -138,12 +120,36 @@ class VaeDeblendConfig(PipelineTaskConfig, pipelineConnections=VaeDeblendConnect
     maxMaskedFraction = Field[float](
         doc="Skip parents with a larger fraction of their footprint in badMask pixels.", default=0.5)
     badMask = ListField[str](
-        doc="Mask planes of pixels that are zeroed in the network input.",
+        doc="Mask planes of pixels that the deblender ignores (zero in the network input, no weight in a fit).",
         default=["BAD", "CR", "NO_DATA", "SAT", "SUSPECT", "EDGE"])
     processSingles = Field[bool](doc="Also model isolated sources (parents with one peak).", default=True)
     catchFailures = Field[bool](
         doc="Flag parents whose deblending raises (deblend_failed, deblend_error) and go on; "
             "otherwise the exception stops the patch.", default=True)
+
+
+class VaeDeblendConfig(DeblendConfigBase):
+    weights = Field[str](doc="Shipped weights name (e.g. 'lsst') or a .safetensors path.", default="lsst")
+    device = Field[str](doc="Torch device ('cpu', 'cuda', ...); empty: the GPU when there is one.",
+                        default="")
+    batchSize = Field[int](doc="Stamps per network call.", default=256)
+    numThreads = Field[int](doc="Torch CPU threads; 0 leaves torch's default.", default=0)
+    iterations = Field[int](
+        doc="Passes over the peaks: 1 = brightest-first only; each further pass re-models every galaxy "
+            "on the image minus all the other models.", default=2)
+    doRefineCentroids = Field[bool](doc="Re-centre stamps on the models' light centroids.", default=True)
+    maxCentroidShift = Field[float](doc="Largest centroid correction, pixels.", default=3.0)
+    maxNeighbours = Field[int](doc="Most neighbour peaks given to the network per stamp.", default=8)
+    fitSteps = Field[int](
+        doc="Adam steps of the joint latent fit of each parent's galaxies to its pixels, through the "
+            "frozen decoder (0: the encoder's models as they are). More accurate, and slower: see "
+            "docs/benchmarks.md.", default=FIT_STEPS_DEFAULT)
+    fitLearningRate = Field[float](doc="Adam's step of the latent fit, in units of the weights' "
+                                   "latent spread.", default=0.1)
+    fitPriorWeight = Field[float](doc="Weight of the latent prior in the fit.", default=1.0)
+    fitAmplitudeSigma = Field[float](
+        doc="Width of the prior on the log of each child's free per-band amplitude in the fit "
+            "(0: no free amplitudes).", default=0.3)
 
 
 @dataclasses.dataclass
@@ -154,6 +160,7 @@ class _Outcome:
     children: list[Child] = dataclasses.field(default_factory=list)
     error: str = ""
     runtime_ms: float = 0.0
+    iterations: int = 0
 
 
 def _moved(child: Child, dx: int, dy: int) -> Child:
@@ -238,7 +245,7 @@ class VaeDeblendTask(PipelineTask):
         model = self.model
         bands = tuple(model.bands)
         image, bad, bbox, missing_bands = self._gather(coadds, bands, footprints)
-        noise = self._noise_variance(coadds, bands, bad, missing_bands) if self.config.fitSteps > 0 else None
+        noise = self._noise(coadds, bands, bad, missing_bands)
         x0, y0 = bbox[0], bbox[1]
         labels = footprints.labels
         boxes, _ = footprint_boxes(labels, len(footprints.ids))  # by label - 1, array pixels
@@ -324,12 +331,7 @@ class VaeDeblendTask(PipelineTask):
                                                  members, isolated, flags, outcomes, parent_flux, (x0, y0))
         parents_out = self._parents(bands, mergedDetections, n_peaks, n_child, masked_fraction, flags,
                                     outcomes, parent_flux)
-        metadata = {"weights": self.config.weights,
-                    "weights_sha256": getattr(model, "metadata", {}).get("sha256", ""),
-                    "stamp_size": int(model.stamp_size), "iterations": self.config.iterations,
-                    "doRefineCentroids": self.config.doRefineCentroids,
-                    "doConserveFlux": self.config.doConserveFlux, "fitSteps": self.config.fitSteps,
-                    "bbox": list(bbox), "missing_bands": list(missing_bands)}
+        metadata = {**self._metadata(model), "bbox": list(bbox), "missing_bands": list(missing_bands)}
         return Struct(deblendedCatalog=objects, objectParents=parents_out,
                       vaeModelData=VaeModelData(bands=bands, blends=blends, metadata=metadata))
 
@@ -340,14 +342,14 @@ class VaeDeblendTask(PipelineTask):
         by_band = {c.band: c for c in coadds}
         missing = tuple(b for b in bands if b not in by_band)
         if len(missing) == len(bands):
-            raise ValueError(f"The weights {self.config.weights!r} are for bands {''.join(bands)}; the "
+            raise ValueError(f"{self._deblender_name()} deblends bands {''.join(bands)}; the "
                              f"patch has none of the bands ({''.join(sorted(by_band)) or 'no coadd'}).")
         if missing:
-            self.log.warning("The patch has no %s coadd: the network sees zeros there, and every object is "
-                             "flagged deblend_missingBand.", "".join(missing))
+            self.log.warning("The patch has no %s coadd: the deblender sees zeros there, and every object "
+                             "is flagged deblend_missingBand.", "".join(missing))
         extra = sorted(set(by_band) - set(bands))
         if extra:
-            self.log.info("Bands %s are not used by the network.", "".join(extra))
+            self.log.info("Bands %s are not used by the deblender.", "".join(extra))
         chosen = [by_band[b] for b in bands if b in by_band]
         bbox = chosen[0].bbox
         for coadd in chosen:
@@ -375,6 +377,27 @@ class VaeDeblendTask(PipelineTask):
                 bad |= unusable
             image[b] = np.where(unusable, 0.0, coadd.image)
         return image, bad, bbox, missing
+
+    def _deblender_name(self) -> str:
+        """The deblender, for messages."""
+        return f"The weights {self.config.weights!r}"
+
+    def _metadata(self, model: Any) -> dict[str, Any]:
+        """What the model data records of the deblender and its settings."""
+        return {"weights": self.config.weights,
+                "weights_sha256": getattr(model, "metadata", {}).get("sha256", ""),
+                "stamp_size": int(model.stamp_size), "iterations": self.config.iterations,
+                "doRefineCentroids": self.config.doRefineCentroids,
+                "doConserveFlux": self.config.doConserveFlux, "fitSteps": self.config.fitSteps}
+
+    def _iterations(self, outcome: _Outcome) -> int:
+        """``deblend_iterations`` of a parent that went through the deblender."""
+        return self.config.iterations
+
+    def _noise(self, coadds: list[Coadd], bands: tuple[str, ...], bad: np.ndarray,
+               missing: tuple[str, ...]) -> np.ndarray | None:
+        """The per-band noise the deblender is given (the latent fit's; `None`: none needed)."""
+        return self._noise_variance(coadds, bands, bad, missing) if self.config.fitSteps > 0 else None
 
     def _noise_variance(self, coadds: list[Coadd], bands: tuple[str, ...], bad: np.ndarray,
                         missing: tuple[str, ...] = ()) -> np.ndarray | None:
@@ -574,8 +597,8 @@ class VaeDeblendTask(PipelineTask):
                 table[name] = detections[name]
         table["deblend_nPeaks"] = n_peaks.astype(np.int32)
         table["deblend_nChild"] = n_child
-        table["deblend_iterations"] = np.where([i in outcomes for i in range(n)], self.config.iterations, 0
-                                               ).astype(np.int32)
+        table["deblend_iterations"] = np.array([self._iterations(outcomes[i]) if i in outcomes else 0
+                                                for i in range(n)], dtype=np.int32)
         table["deblend_maskedFraction"] = masked_fraction.astype(np.float32)
         for name in PARENT_FLAGS:
             table[name] = flags[name]
