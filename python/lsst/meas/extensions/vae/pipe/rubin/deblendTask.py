@@ -35,8 +35,8 @@ import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.meas.base import SkyMapIdGeneratorConfig
-from lsst.meas.extensions.scarlet.io import IsolatedSourceData
 from lsst.meas.extensions.scarlet import ScarletDeblendConfig
+from lsst.meas.extensions.scarlet.io import IsolatedSourceData
 from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
 
