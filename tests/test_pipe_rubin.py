@@ -28,6 +28,7 @@ from lsst.meas.extensions.vae.pipe.rubin.modelData import (
     PSF_SIZE, crop_model, delta_psf, export_blend, model_metadata, trim_morph)
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "config"
 
 # A blend of two simulated galaxies (x, y) in a cut-out wider than the stamps around them, and a box
 # footprint over both, (x0, y0, x1, y1).
@@ -181,6 +182,72 @@ def test_export_blend_layout_reproduces_every_model(network, scene):
         np.testing.assert_allclose(total, expected / scale[:, None, None], rtol=1e-6)
 
 
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
+SCARLET_IO = all(_importable(name) for name in ("lsst.scarlet.lite", "lsst.meas.extensions.scarlet"))
+
+
+@pytest.mark.skipif(not SCARLET_IO, reason="scarlet_lite and meas_extensions_scarlet are Rubin-stack only")
+def test_model_data_round_trips_through_scarlets_io(network, scene):
+    """The wrapped model data goes through the installed io's as_dict / JSON / from_dict unchanged, and is
+    of the types that io's readers take (typed PSFs and LsstHierarchicalBlendData where it has them)."""
+    import lsst.scarlet.lite as scl
+    from lsst.meas.extensions.scarlet import io
+    from lsst.meas.extensions.vae.pipe.rubin.scarletData import (makeModelData, modelPsfArrays,
+                                                                 toScarletBlendData, typedModelData)
+
+    image, _, footprint, peaks = scene
+    children, parents = deblend_field(image, peaks, network, network.stamp_size,
+                                      footprints=footprint.astype(np.int32))
+    x0, y0, x1, y1 = bbox = parents[0].bbox
+    bands = tuple(network.bands)
+    blend = export_blend(children, bbox, footprint[y0:y1, x0:x1], [11, 12], [0, 1], blend_id=7,
+                         xy0=(1000, 2000), floor=[0.01] * len(bands))
+    modelData = makeModelData(bands)
+    modelData.blends[5] = toScarletBlendData(blend)
+    modelData.isolated[3] = io.IsolatedSourceData(span_array=np.ones((3, 4), dtype=bool), origin=(2005, 1010),
+                                                  peak=(2006, 1011))
+    hierarchical = modelData.blends[5]
+    if hasattr(io, "LsstHierarchicalBlendData"):
+        assert isinstance(hierarchical, io.LsstHierarchicalBlendData)
+        np.testing.assert_array_equal(hierarchical.span_array, footprint[y0:y1, x0:x1])
+        assert tuple(hierarchical.origin) == (y0 + 2000, x0 + 1000)
+    else:
+        assert isinstance(hierarchical, scl.io.HierarchicalBlendData)
+    if typedModelData():
+        assert not modelData.legacy and modelData.bands == bands
+        assert modelData.model_psf.data.shape == (1, PSF_SIZE, PSF_SIZE) and modelData.model_psf.bands == ()
+        assert modelData.psf.bands == bands
+    again = io.LsstScarletModelData.from_dict(json.loads(json.dumps(modelData.as_dict())))
+    assert set(again.blends) == {5} and set(again.isolated) == {3}
+    assert type(again.blends[5]) is type(hierarchical)
+    modelPsf, psf, got = modelPsfArrays(modelData)
+    modelPsf2, psf2, got2 = modelPsfArrays(again)
+    assert got == got2 == bands and psf2.shape == (len(bands), PSF_SIZE, PSF_SIZE)
+    np.testing.assert_array_equal(modelPsf2, modelPsf)
+    np.testing.assert_array_equal(psf2, psf)
+    np.testing.assert_array_equal(modelPsf2, delta_psf())
+    # JSON keys come back as strings; downstream finds each child by its metadata id.
+    sources = {int(key): source for key, source in again.blends[5].children[7].sources.items()}
+    assert set(sources) == {11, 12}
+    for k, (child_id, source) in enumerate(sorted(sources.items())):
+        assert source.metadata == {"id": child_id, "peak_id": k}
+        stored = blend["children"][7]["sources"][child_id]["components"]
+        assert len(source.components) == len(bands)
+        for component, expected in zip(source.components, stored):
+            assert tuple(component.origin) == expected["origin"] and tuple(component.peak) == expected["peak"]
+            np.testing.assert_allclose(component.morph, expected["morph"], rtol=1e-6)
+            np.testing.assert_array_equal(component.spectrum, expected["spectrum"])
+    isolated = again.isolated[3]
+    assert tuple(isolated.origin) == (2005, 1010) and tuple(isolated.peak) == (2006, 1011)
+    assert np.asarray(isolated.span_array).astype(bool).all()
+
+
 def test_export_blend_floor_trims_each_band(network, scene):
     image, _, _, peaks = scene
     children, parents = deblend_field(image, peaks, network, network.stamp_size)
@@ -246,6 +313,113 @@ def test_skip_rules_follow_scarlets_order():
     masked[0, :2] = True
     assert masked_fraction(footprint, masked) == 0.25
     assert masked_fraction(np.zeros((2, 2), bool), masked[:2, :2]) == 0.0
+
+
+def test_skip_rules_are_one_set():
+    """The vectorised rules the standalone task calls give what the Rubin task's per-parent call gives."""
+    from lsst.meas.extensions.vae.deblend.skip import SKIP_FLAGS, SkipLimits, skip_reasons
+
+    rng = np.random.default_rng(3)
+    n = 400
+    n_peaks = rng.integers(0, 12, n)
+    area = rng.integers(1, 4000, n)
+    size = rng.integers(1, 80, n)
+    pseudo = rng.random(n) < 0.1
+    masked = {"BAD": rng.random(n), "SAT": rng.random(n)}
+    ratio = rng.random(n)
+    limits = SkipLimits(max_peaks=8, max_area=3000, max_size=70, max_area_times_peaks=20_000,
+                        mask_limits={"BAD": 0.8, "SAT": 0.9}, min_axis_ratio=0.05)
+    flags = skip_reasons(n_peaks=n_peaks, bbox_area=area, bbox_size=size, is_pseudo=pseudo, masked=masked,
+                         axis_ratio=ratio, limits=limits)
+    for k in range(n):
+        one = skip_reason(n_peaks=int(n_peaks[k]), bbox_area=int(area[k]), bbox_size=int(size[k]),
+                          is_pseudo=bool(pseudo[k]), masked={p: float(v[k]) for p, v in masked.items()},
+                          max_peaks=8, max_area=3000, max_size=70, max_area_times_peaks=20_000,
+                          mask_limits={"BAD": 0.8, "SAT": 0.9}, axis_ratio=float(ratio[k]),
+                          min_axis_ratio=0.05)
+        assert (one or "") == flags[k]
+    assert set(flags) - {""} <= set(SKIP_FLAGS) and len(set(flags)) == 5
+    # Without axis ratios the axis-ratio limit does not apply; a mask limit of 0 is "not one pixel".
+    assert skip_reason(n_peaks=2, bbox_area=10, bbox_size=5, is_pseudo=False, masked={}, max_peaks=0,
+                       max_area=0, max_size=0, mask_limits={}, min_axis_ratio=0.5) is None
+    flag = skip_reason(n_peaks=2, bbox_area=10, bbox_size=5, is_pseudo=False, masked={"BAD": 0.01},
+                       max_peaks=0, max_area=0, max_size=0, mask_limits={"BAD": 0.0})
+    assert flag == "deblend_skipped_masked"
+
+
+def test_override_files_set_known_fields():
+    """The pex_config override files of config/ set fields that exist (the VAE's checked without afw)."""
+    from types import SimpleNamespace
+
+    from lsst.meas.extensions.vae.pipe.rubin.vaeConfig import VaeDeblendConfig
+
+    files = sorted(CONFIG_DIR.rglob("*.py"))
+    assert {f.relative_to(CONFIG_DIR).as_posix() for f in files} >= {
+        "LSSTCam/deblendCoaddFootprints.py", "vaeEncoderOnly.py", "vaeFit.py"}
+    scarletFields = {"maxNumberOfPeaks", "maxFootprintArea", "maxAreaTimesPeaks", "badMask", "pseudoColumns",
+                     "persistIsolated", "catchFailures", "maskLimits", "maxFootprintSize", "processSingles"}
+    for path in files:
+        vae = VaeDeblendConfig()
+        multiband = SimpleNamespace()
+        exec(compile(path.read_text(), str(path), "exec"), {"config": SimpleNamespace(vae=vae,
+                                                                                      multibandDeblend=multiband)})
+        vae.validate()
+        assert set(vars(multiband)) <= scarletFields, path
+    fit, fast = VaeDeblendConfig(), VaeDeblendConfig()
+    for config, name in ((fit, "vaeFit.py"), (fast, "vaeEncoderOnly.py")):
+        exec((CONFIG_DIR / name).read_text(), {"config": SimpleNamespace(vae=config)})
+    assert fit.fitSteps == 60 and fast.fitSteps == 0
+
+
+# Top-level Rubin packages imported by pipe/rubin/ and their eups names.
+EUPS_NAMES = {"lsst.afw": "afw", "lsst.geom": "geom", "lsst.meas.base": "meas_base",
+              "lsst.meas.extensions.scarlet": "meas_extensions_scarlet", "lsst.scarlet.lite": "scarlet_lite",
+              "lsst.pex.config": "pex_config", "lsst.pipe.base": "pipe_base", "lsst.utils": "utils",
+              "lsst.daf.butler": "daf_butler"}
+
+
+def test_table_names_every_rubin_package_the_task_imports():
+    import ast
+    import re
+
+    table = (REPO / "ups" / "meas_extensions_vae.table").read_text()
+    declared = set(re.findall(r"^setup(?:Required|Optional)\((\w+)\)", table, flags=re.M))
+    imported = set()
+    for path in (REPO / "python/lsst/meas/extensions/vae/pipe/rubin").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0
+                     # importlib.import_module("lsst...."), the lazy imports
+                     else [node.args[0].value] if (isinstance(node, ast.Call) and node.args
+                                                   and isinstance(node.args[0], ast.Constant)
+                                                   and isinstance(node.args[0].value, str)
+                                                   and getattr(node.func, "attr", "") == "import_module")
+                     else [])
+            imported.update(n for n in names if n and n.startswith("lsst."))
+    packages = {eups for prefix, eups in EUPS_NAMES.items()
+                if any(n == prefix or n.startswith(prefix + ".") for n in imported)}
+    unknown = {n for n in imported if not any(n == p or n.startswith(p + ".") for p in EUPS_NAMES)}
+    assert not unknown, unknown
+    assert {"afw", "meas_base", "meas_extensions_scarlet", "scarlet_lite", "pipe_base"} <= packages
+    assert packages <= declared, packages - declared
+
+
+def test_optional_modules_are_not_needed_to_load_the_task():
+    """torch, GalSim and surveycodex are loaded only where used: the task's modules import without them."""
+    probe = (
+        "import sys\n"
+        "for name in ('torch', 'galsim', 'surveycodex', 'safetensors', 'h5py', 'sep'):\n"
+        "    sys.modules[name] = None\n"
+        "import importlib.util\n"
+        "import lsst.meas.extensions.vae.pipe.rubin as rubin\n"
+        "import lsst.meas.extensions.vae.deblend.skip, lsst.meas.extensions.vae.pipe.rubin.vaeConfig\n"
+        "rubin.vaeConfig.VaeDeblendConfig().validate()\n"
+        "if importlib.util.find_spec('lsst.afw') is not None:\n"
+        "    from lsst.meas.extensions.vae.pipe.rubin import deblendTask\n"
+        "    deblendTask.VaeDeblendCoaddConfig().validate()\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    assert out.stdout.strip().endswith("ok")
 
 
 def test_touches_edge(network, scene):
@@ -336,7 +510,7 @@ def test_drp_pipeline_resolves_with_pipe_base(tmp_path, monkeypatch):
 # The task (Rubin stack only)
 # ---------------------------------------------------------------------------------------------------------
 
-STACK = all(importlib.util.find_spec(name) is not None for name in
+STACK = all(_importable(name) for name in
             ("lsst.afw", "lsst.meas.base", "lsst.meas.extensions.scarlet", "lsst.scarlet.lite"))
 stack = pytest.mark.skipif(not STACK,
                            reason="afw, meas_base and meas_extensions_scarlet are Rubin-stack only")
@@ -415,8 +589,9 @@ def stack_run():
     from lsst.meas.extensions.vae.pipe.rubin.deblendTask import VaeDeblendCoaddConfig, VaeDeblendCoaddTask
 
     config = VaeDeblendCoaddConfig()
-    config.device = "cpu"
-    config.maxNumberOfPeaks = 2  # the three-peak parent is skipped
+    config.vae.device = "cpu"
+    # A scarlet override, as a user's -c deblendCoaddFootprints:multibandDeblend.maxNumberOfPeaks=2 gives:
+    config.loadFromString("config.multibandDeblend.maxNumberOfPeaks = 2")  # the three-peak parent skips
     task = VaeDeblendCoaddTask(initInputs=_initInputs(), config=config)
     coadds, catalog, _, _ = _patch(list(task.model.bands))
     result = task.run(coadds=coadds, bands=list(task.model.bands), mergedDetections=catalog,
@@ -477,27 +652,46 @@ def test_schema_has_scarlets_columns(stack_run):
     assert task.outputSchema.schema == task.objectSchema
 
 
+def _blendRecords(parents, parentId):
+    return [p for p in parents if p["parent"] == parentId]
+
+
 @stack
 def test_catalogs(stack_run):
     task, coadds, catalog, result = stack_run
     objects, parents = result.deblendedCatalog, result.objectParents
     assert objects.isSorted() and len(set(objects["id"])) == len(objects)
-    assert list(parents["id"]) == list(catalog["id"])  # every parent comes out
-    blend, lone, sky, crowded = parents
-    assert blend["deblend_nChild"] == 2 and blend["deblend_nPeaks"] == 2 and blend["deblend_runtime"] > 0
+    # Every parent comes out in input order, then one blend record per parent sent to the deblender.
+    assert list(parents["id"])[:len(catalog)] == list(catalog["id"])
+    blend, lone, sky, crowded = parents[:len(catalog)]
+    (blendRecord,) = _blendRecords(parents, blend.getId())
+    (crowdedRecord,) = _blendRecords(parents, crowded.getId())
+    assert len(parents) == len(catalog) + 2 and not _blendRecords(parents, lone.getId())
+    assert min(blendRecord.getId(), crowdedRecord.getId()) > max(catalog["id"])
+    for record in (blend, blendRecord):
+        assert record["deblend_nChild"] == 2 and record["deblend_nPeaks"] == 2
+        assert record["deblend_runtime"] > 0
+    assert blendRecord.getFootprint().getArea() == blend.getFootprint().getArea()
     assert lone["deblend_skipped_isolatedParent"] and not lone["deblend_skipped"]
-    assert sky["deblend_skipped_isPseudo"] and sky["merge_peak_sky"]
-    assert crowded["deblend_skipped"] and crowded["deblend_skipped_tooManyPeaks"]
-    assert not any(parents["deblend_failed"])
+    # A sky object is an isolated source: no skip flag (scarlet keeps isPseudo for skipped pseudo blends).
+    assert sky["merge_peak_sky"] and not sky["deblend_skipped_isPseudo"] and not sky["deblend_skipped"]
+    for record in (crowded, crowdedRecord):
+        assert record["deblend_skipped"] and record["deblend_skipped_tooManyPeaks"]
+        assert record["deblend_nChild"] == 0 and record["deblend_nPeaks"] == 3
+    assert not any(parents["deblend_failed"]) and not any(parents["deblend_childFailed"])
     isolated = objects[objects["parent"] == 0]
     assert sorted(isolated["id"]) == sorted([lone.getId(), sky.getId()])
     for record in isolated:
         assert record.getFootprint().getArea() == catalog.find(record.getId()).getFootprint().getArea()
+        # As scarlet leaves them:
+        assert record["deblend_parentNPeaks"] == 0 and record["deblend_blendId"] == 0
     children = objects[objects["parent"] != 0]
     assert len(children) == 2 and set(children["parent"]) == {blend.getId()}
-    assert min(children["id"]) > max(catalog["id"])
-    assert set(children["deblend_blendId"]) == {blend.getId()} and set(children["deblend_blendNChild"]) == {2}
-    assert set(children["deblend_parentNPeaks"]) == {2} and all(children["merge_footprint_r"])
+    assert min(children["id"]) > max(parents["id"])
+    assert set(children["deblend_blendId"]) == {blendRecord.getId()}
+    assert set(children["deblend_blendNChild"]) == {2}
+    assert set(children["deblend_parentNPeaks"]) == {2} and set(children["deblend_parentNChild"]) == {2}
+    assert all(children["merge_footprint_r"])
     assert {(r["deblend_peak_center_x"], r["deblend_peak_center_y"]) for r in children} == {(1030, 2030),
                                                                                            (1037, 2033)}
     assert crowded.getId() not in set(objects["parent"])
@@ -508,6 +702,55 @@ def test_catalogs(stack_run):
 
 
 @stack
+def test_model_data_layout_and_round_trip(stack_run):
+    """The model data as the installed meas_extensions_scarlet writes it, through its as_dict/from_dict."""
+    import lsst.scarlet.lite as scl
+    from lsst.meas.extensions.scarlet.io import LsstScarletModelData
+    from lsst.meas.extensions.scarlet import io
+    from lsst.meas.extensions.vae.pipe.rubin.scarletData import modelPsfArrays, typedModelData
+
+    LsstHierarchicalBlendData = getattr(io, "LsstHierarchicalBlendData", None)
+
+    task, coadds, catalog, result = stack_run
+    modelData = result.scarletModelData
+    blend, lone, sky, _ = result.objectParents[:len(catalog)]
+    (blendRecord,) = _blendRecords(result.objectParents, blend.getId())
+    assert set(modelData.blends) == {blend.getId()}
+    assert set(modelData.isolated) == {lone.getId()}  # sky objects are not stored
+    hierarchical = modelData.blends[blend.getId()]
+    assert set(hierarchical.children) == {blendRecord.getId()}
+    if LsstHierarchicalBlendData is not None:
+        assert isinstance(hierarchical, LsstHierarchicalBlendData)
+        spans, origin = hierarchical.span_array, hierarchical.origin
+    else:
+        assert isinstance(hierarchical, scl.io.HierarchicalBlendData)
+        spans, origin = hierarchical.metadata["spans"], hierarchical.metadata["origin"]
+    box = blend.getFootprint().getBBox()
+    assert tuple(origin) == (box.getMinY(), box.getMinX())
+    np.testing.assert_array_equal(spans, blend.getFootprint().spans.asArray())
+    if typedModelData():
+        assert not modelData.legacy and isinstance(modelData.psf, scl.ImagePsf)
+    modelPsf, psf, bands = modelPsfArrays(modelData)
+    assert bands == tuple(task.model.bands) and psf.shape[0] == len(bands)
+
+    again = LsstScarletModelData.from_dict(json.loads(json.dumps(modelData.as_dict())))
+    assert set(again.blends) == set(modelData.blends) and set(again.isolated) == set(modelData.isolated)
+    assert type(again.blends[blend.getId()]) is type(hierarchical)
+    modelPsf2, psf2, bands2 = modelPsfArrays(again)
+    assert bands2 == bands
+    np.testing.assert_allclose(modelPsf2, modelPsf)
+    np.testing.assert_allclose(psf2, psf)
+    before = hierarchical.children[blendRecord.getId()].sources
+    after = {int(key): source for key, source in again.blends[blend.getId()].children[blendRecord.getId()]
+             .sources.items()}  # JSON keys come back as strings
+    assert set(before) == set(after)
+    for sourceId in before:
+        for c1, c2 in zip(before[sourceId].components, after[sourceId].components):
+            np.testing.assert_allclose(c2.morph, c1.morph, rtol=1e-6)
+            assert tuple(c2.origin) == tuple(c1.origin)
+
+
+@stack
 def test_model_data_rebuilds_heavy_footprints(stack_run, tmp_path):
     import lsst.afw.table as afwTable
     from lsst.meas.extensions.scarlet.io import updateCatalogFootprints
@@ -515,10 +758,10 @@ def test_model_data_rebuilds_heavy_footprints(stack_run, tmp_path):
 
     task, coadds, catalog, result = stack_run
     modelData = result.scarletModelData
-    blendId = catalog[0].getId()
-    assert set(modelData.blends) == {blendId}
-    assert set(modelData.isolated) == {catalog[1].getId(), catalog[2].getId()}
-    assert tuple(modelData.metadata["bands"]) == tuple(task.model.bands)
+    blendRecord = _blendRecords(result.objectParents, catalog[0].getId())[0]
+    sources = modelData.blends[catalog[0].getId()].children[blendRecord.getId()].sources
+    stored = {s: sum(float(c.morph.sum()) * np.asarray(c.spectrum) for c in source.components)
+              for s, source in sources.items()}
     path = tmp_path / "models.scarlet"
     write_scarlet_model(str(path), modelData)
     for redistribute in (False, True):
@@ -529,6 +772,7 @@ def test_model_data_rebuilds_heavy_footprints(stack_run, tmp_path):
             updateCatalogFootprints(data, objects, band,
                                     imageForRedistribution=coadd if redistribute else None,
                                     removeScarletData=False, updateFluxColumns=True)
+            bandIndex = list(task.model.bands).index(band)
             for record in objects[objects["parent"] != 0]:
                 heavy = record.getFootprint()
                 assert heavy.isHeavy() and heavy.getArea() > 0
@@ -536,6 +780,14 @@ def test_model_data_rebuilds_heavy_footprints(stack_run, tmp_path):
                 assert (peak.getIx(), peak.getIy()) == (record["deblend_peak_center_x"],
                                                         record["deblend_peak_center_y"])
                 assert np.isfinite(record["deblend_scarletFlux"]) and record["deblend_scarletFlux"] >= 0
+                # The stored model (nJy) is what downstream reads: no re-convolution, no rescaling.
+                np.testing.assert_allclose(record["deblend_scarletFlux"], stored[record.getId()][bandIndex],
+                                           rtol=1e-4)
+                if not redistribute:
+                    # The HeavyFootprint is the model within the parent's box: its flux is the catalogue's.
+                    assert blend_box_contains(catalog[0].getFootprint().getBBox(), heavy.getBBox())
+                    np.testing.assert_allclose(heavy.getImageArray().sum(), record["deblend_scarletFlux"],
+                                               rtol=1e-4)
             if redistribute:
                 # The children split the parent's pixels: their fluxes add up to the image in the footprint.
                 parent = catalog[0].getFootprint()
@@ -543,6 +795,60 @@ def test_model_data_rebuilds_heavy_footprints(stack_run, tmp_path):
                 observed = (coadd.image.array * parent.spans.asArray(
                     (SHAPE[0], SHAPE[1]), XY0)).sum()
                 np.testing.assert_allclose(total, observed, rtol=0.02)
+
+
+def blend_box_contains(outer, inner) -> bool:
+    return outer.contains(inner)
+
+
+@stack
+def test_model_floor_and_units(stack_run):
+    """Stored models are in the coadds' units (nJy), clipped to the parent's box, at the observed seeing."""
+    task, coadds, catalog, result = stack_run
+    from lsst.meas.extensions.vae.pipe.rubin.scarletData import modelPsfArrays
+
+    blend = catalog[0]
+    box = blend.getFootprint().getBBox()
+    hierarchical = result.scarletModelData.blends[blend.getId()]
+    (child,) = hierarchical.children.values()
+    total = np.zeros(len(task.model.bands))
+    for source in child.sources.values():
+        for component in source.components:
+            y0, x0 = component.origin
+            h, w = component.morph.shape
+            assert box.getMinY() <= y0 and y0 + h <= box.getMaxY() + 1
+            assert box.getMinX() <= x0 and x0 + w <= box.getMaxX() + 1
+            assert (component.morph >= 0).all()
+            total += component.morph.sum() * np.asarray(component.spectrum)
+    # The coadds are in nJy (PhotoCalib 1) and so are the stored models: the network's electrons divided
+    # by the task's scale (test_electrons_per_nanojansky_matches_the_training_zero_points), which the
+    # rebuild test finds unchanged downstream.
+    assert np.all(np.isfinite(total)) and np.all(total > 0)
+    spans = blend.getFootprint().spans.asArray((SHAPE[0], SHAPE[1]), XY0)
+    observed = np.array([(c.image.array * spans).sum() for c in coadds])
+    assert np.all(total < 10 * observed)  # not left in electrons (17 to 270 per nJy)
+    modelPsf, psf, _ = modelPsfArrays(result.scarletModelData)
+    for kernel in (modelPsf, *psf):
+        assert kernel.sum() == 1 and kernel[kernel.shape[0] // 2, kernel.shape[1] // 2] == 1
+
+
+@stack
+def test_scarlet_config_files_apply(tmp_path):
+    """A scarlet config for the label, and the shipped override files, load into the VAE task's config."""
+    from lsst.meas.extensions.vae.pipe.rubin.deblendTask import VaeDeblendCoaddConfig
+
+    path = tmp_path / "scarlet.py"
+    path.write_text("config.multibandDeblend.maxNumberOfPeaks = 30\n"
+                    "config.multibandDeblend.maxIter = 50\n"  # scarlet's own fit: accepted, unused
+                    "config.multibandDeblend.maskLimits = {'NO_DATA': 0.25}\n")
+    config = VaeDeblendCoaddConfig()
+    config.load(str(path))
+    assert config.multibandDeblend.maxNumberOfPeaks == 30 and dict(config.multibandDeblend.maskLimits) == {
+        "NO_DATA": 0.25}
+    for override in sorted(CONFIG_DIR.rglob("*.py")):
+        config = VaeDeblendCoaddConfig()
+        config.load(str(override))
+        config.validate()
 
 
 @stack
@@ -557,22 +863,26 @@ def test_failures_are_caught_per_parent():
     for coadd in coadds:
         coadd.image.array[2030 - XY0[1], 1030 - XY0[0]] += spike
     config = VaeDeblendCoaddConfig()
-    config.device = "cpu"
-    config.fluxScale = {"g": 1.0, "r": 1.0}
+    config.vae.device = "cpu"
+    config.vae.fluxScale = {"g": 1.0, "r": 1.0}
     task = VaeDeblendCoaddTask(initInputs=_initInputs(), config=config)
     model = FaultyModel(task.model, above=spike / 2)
     task.model = model
     result = task.run(coadds=coadds, bands=["g", "r"], mergedDetections=catalog,
                       idFactory=afwTable.IdFactory.makeSimple())
-    blend, lone, sky, crowded = result.objectParents
-    assert blend["deblend_failed"] and blend["deblend_error"] == "ValueError" and model.chosen > 0
+    blend, lone, sky, crowded = result.objectParents[:len(catalog)]
+    (blendRecord,) = _blendRecords(result.objectParents, blend.getId())
+    # As scarlet: the failure is on the blend's record, the parent has a failed child.
+    assert blendRecord["deblend_failed"] and blendRecord["deblend_error"] == "ValueError"
+    assert blendRecord["deblend_skipped"] and model.chosen > 0
+    assert blend["deblend_childFailed"] and not blend["deblend_failed"] and blend["deblend_nChild"] == 0
     # The other parents are untouched: the three-peak parent is deblended by the network.
-    assert not any(p["deblend_failed"] for p in (lone, sky, crowded))
+    assert not any(p["deblend_failed"] or p["deblend_childFailed"] for p in (lone, sky, crowded))
     assert crowded["deblend_nChild"] == 3 and not crowded["deblend_skipped"]
     children = result.deblendedCatalog[result.deblendedCatalog["parent"] != 0]
     assert len(children) == 3 and set(children["parent"]) == {crowded.getId()}
     assert set(result.scarletModelData.blends) == {crowded.getId()}
-    config.catchFailures = False
+    config.multibandDeblend.catchFailures = False
     task = VaeDeblendCoaddTask(initInputs=_initInputs(), config=config)
     task.model = FaultyModel(model.model, above=spike / 2)
     with pytest.raises(ValueError, match="too bright"):

@@ -1,8 +1,9 @@
 """The drop-in DRP deblending task for the Rubin stack (`VaeDeblendCoaddTask`).
 
-Importing this package needs no afw: the array parts (`blends`, `modelData`) load eagerly, while the task,
-its config and connections (module ``deblendTask``, which imports afw, meas_base and scarlet) load on
-first attribute access.
+Importing this package needs no afw: the array parts (`blends`, `modelData`) load eagerly; the VAE's
+sub-config (``vaeConfig``, pex_config only) and the model-data wrappers (``scarletData``, which import
+scarlet's io when called) import without afw; the task, its config and connections (module
+``deblendTask``, which imports afw, meas_base and scarlet) load on first attribute access.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ module holds the steps in between, on plain numpy arrays:
   refinement) reaches past it;
 - `deblend_blend`: `deblend_field` on that cut-out with the parent's footprint as the only label, the
   results moved back to the frame of the whole image, plus the reduced chi^2 of the fit;
-- `skip_reason`: the scarlet task's rules for not deblending a parent (pseudo sources, too big, too many
-  peaks, too many masked pixels);
+- `skip_reason` (from `~lsst.meas.extensions.vae.deblend.skip`, shared with the standalone task): the
+  scarlet task's rules for not deblending a parent (pseudo sources, too big, too masked, too many peaks);
 - `electrons_per_nanojansky`: the factor from calibrated coadd pixels (nJy) to the electrons of the
   simulated survey the weights were trained on.
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from ...deblend.field import Child, DeblendConfig, Parent, deblend_field, paste_stamp
 from ...deblend.fit import median_variance
+from ...deblend.skip import skip_reason  # noqa: F401 (the rules shared with the standalone task)
 from ...geometry import overlap_slices
 
 #: AB magnitude of a flux of 1 nJy.
@@ -181,34 +182,6 @@ def masked_fraction(footprint: np.ndarray, masked: np.ndarray) -> float:
     """Fraction of the footprint's pixels that are set in ``masked`` (both 2-d, same shape)."""
     area = int(np.count_nonzero(footprint))
     return float(np.count_nonzero(footprint & masked)) / area if area else 0.0
-
-
-def skip_reason(*, n_peaks: int, bbox_area: int, bbox_size: int, is_pseudo: bool, masked: dict[str, float],
-                max_peaks: int, max_area: int, max_size: int, mask_limits: dict[str, float],
-                max_area_times_peaks: int = 0) -> str | None:
-    """The flag naming why a parent is not deblended, or `None` to deblend it.
-
-    The rules and their order are those of scarlet's task: pseudo sources (sky objects), then footprints
-    too big (bounding-box area above ``max_area``, longest side above ``max_size``, or area times number
-    of peaks above ``max_area_times_peaks``; <= 0 disables each), then too many masked pixels
-    (``masked[plane] > mask_limits[plane]``), then too many peaks (above ``max_peaks``; <= 0 disables).
-
-    Returns
-    -------
-    flag : `str` or `None`
-        ``deblend_skipped_isPseudo``, ``deblend_skipped_parentTooBig``, ``deblend_skipped_masked`` or
-        ``deblend_skipped_tooManyPeaks``.
-    """
-    if is_pseudo:
-        return "deblend_skipped_isPseudo"
-    if ((max_area > 0 and bbox_area > max_area) or (max_size > 0 and bbox_size > max_size)
-            or (max_area_times_peaks > 0 and bbox_area * n_peaks > max_area_times_peaks)):
-        return "deblend_skipped_parentTooBig"
-    if any(masked.get(plane, 0.0) > limit for plane, limit in mask_limits.items()):
-        return "deblend_skipped_masked"
-    if max_peaks > 0 and n_peaks > max_peaks:
-        return "deblend_skipped_tooManyPeaks"
-    return None
 
 
 def electrons_per_nanojansky(bands) -> np.ndarray:

@@ -19,8 +19,7 @@ data.  The afw <-> array conversions are the small functions at the top of this 
 from __future__ import annotations
 
 __all__ = ["VaeDeblendCoaddConnections", "VaeDeblendCoaddConfig", "VaeDeblendCoaddTask",
-           "footprintToArrays", "footprintsToLabelImage", "coaddCutout", "toScarletBlendData",
-           "makeModelData"]
+           "footprintToArrays", "footprintsToLabelImage", "coaddCutout"]
 
 import dataclasses
 import time
@@ -29,27 +28,30 @@ from collections.abc import Sequence
 import numpy as np
 
 import lsst.afw.detection as afwDet
+import lsst.afw.geom.ellipses as afwEll
 import lsst.afw.image as afwImage
 import lsst.afw.table as afwTable
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
-import lsst.scarlet.lite as scl
 from lsst.meas.base import SkyMapIdGeneratorConfig
-from lsst.meas.extensions.scarlet.io import IsolatedSourceData, LsstScarletModelData
+from lsst.meas.extensions.scarlet import ScarletDeblendConfig
+from lsst.meas.extensions.scarlet.io import IsolatedSourceData
 from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
 
 from ...deblend.field import DeblendConfig
-from ...deblend.fit import FIT_STEPS_DEFAULT
-from .blends import (blend_box, deblend_blend, electrons_per_nanojansky, masked_fraction, skip_reason,
-                     stamp_margin, touches_edge)
-from .modelData import export_blend, model_metadata
+from ...deblend.skip import skip_reason
+from .blends import blend_box, deblend_blend, electrons_per_nanojansky, stamp_margin, touches_edge
+from .modelData import export_blend
+from .scarletData import makeModelData, toScarletBlendData
+from .vaeConfig import VaeDeblendConfig
 
-# The default bad mask planes of scarlet's deblender.
-DEFAULT_BAD_MASK = ["BAD", "NO_DATA", "SAT", "SUSPECT", "EDGE"]
+
 # Size of the deblend_error string column (as in scarlet's schema).
 ERROR_SIZE = 25
+# scarlet's columnInheritance default (deprecated upstream after v30: used when the field is gone).
+COLUMN_INHERITANCE = {"deblend_nChild": "deblend_parentNChild", "deblend_nPeaks": "deblend_parentNPeaks"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,29 +156,6 @@ def coaddCutout(exposures: Sequence[afwImage.Exposure | None], box: tuple[int, i
     return image, variance, bad, planes
 
 
-def toScarletBlendData(blend: dict) -> scl.io.HierarchicalBlendData:
-    """Wrap `~lsst.meas.extensions.vae.pipe.rubin.modelData.export_blend` output into scarlet's classes."""
-    children = {}
-    for blendId, child in blend["children"].items():
-        sources = {}
-        for sourceId, source in child["sources"].items():
-            components = [
-                scl.io.ScarletFactorizedComponentData(origin=tuple(c["origin"]), peak=tuple(c["peak"]),
-                                                      spectrum=c["spectrum"], morph=c["morph"])
-                for c in source["components"]
-            ]
-            sources[sourceId] = scl.io.ScarletSourceData(components=components,
-                                                         metadata=dict(source["metadata"]))
-        children[blendId] = scl.io.ScarletBlendData(origin=tuple(child["origin"]),
-                                                    shape=tuple(child["shape"]), sources=sources)
-    return scl.io.HierarchicalBlendData(children=children, metadata=dict(blend["metadata"]))
-
-
-def makeModelData(bands: Sequence[str]) -> LsstScarletModelData:
-    """An empty `LsstScarletModelData` whose metadata makes downstream re-convolution a no-op."""
-    return LsstScarletModelData(metadata=model_metadata(bands))
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Connections and configuration (those of DeblendCoaddSourcesMultiTask, without the deconvolved coadds)
 # ---------------------------------------------------------------------------------------------------------
@@ -256,154 +235,31 @@ class VaeDeblendCoaddConnections(pipeBase.PipelineTaskConnections,
 
 
 class VaeDeblendCoaddConfig(pipeBase.PipelineTaskConfig, pipelineConnections=VaeDeblendCoaddConnections):
-    """Configuration of `VaeDeblendCoaddTask`."""
+    """Configuration of `VaeDeblendCoaddTask`, laid out as ``DeblendCoaddSourcesMultiConfig``.
+
+    ``multibandDeblend`` is scarlet's own ``ScarletDeblendConfig``, so scarlet's overrides apply
+    unchanged.  The VAE honours its fields ``maxNumberOfPeaks``, ``maxFootprintArea``,
+    ``maxFootprintSize``, ``maxAreaTimesPeaks``, ``minFootprintAxisRatio``, ``maskLimits``, ``badMask``,
+    ``processSingles``, ``persistIsolated``, ``pseudoColumns``, ``notDeblendedMask``, ``catchFailures``,
+    ``columnInheritance`` and the CI limits (``useCiLimits``, ``ciDeblendChildRange``,
+    ``ciNumParentsToDeblend``); the others tune scarlet's own fit and are ignored.  The VAE's options are
+    in ``vae`` (`VaeDeblendConfig`).
+    """
 
     useCellCoadds = pexConfig.Field[bool](
         doc="Deblend the stitched cell-based coadds (minus their backgrounds) instead of the coadds.",
         default=False,
     )
     idGenerator = SkyMapIdGeneratorConfig.make_field()
-
-    # The network
-    weights = pexConfig.Field[str](
-        doc="Weights of the deblender: a shipped name ('lsst') or a .safetensors path.",
-        default="lsst",
+    multibandDeblend = pexConfig.ConfigField(
+        dtype=ScarletDeblendConfig,
+        doc="Scarlet's deblender options: the skip limits, mask planes, sky objects and failure handling "
+            "that the VAE shares with it (scarlet's fitting options are ignored).",
     )
-    device = pexConfig.Field[str](
-        doc="Torch device ('cpu', 'cuda', 'cuda:1'...); None: the GPU when there is one.",
-        default=None,
-        optional=True,
+    vae = pexConfig.ConfigField(
+        dtype=VaeDeblendConfig,
+        doc="The VAE's own options: network, algorithm and model data.",
     )
-    batchSize = pexConfig.Field[int](
-        doc="Stamps per network call.",
-        default=256,
-    )
-    fluxScale = pexConfig.DictField(
-        keytype=str,
-        itemtype=float,
-        default={},
-        doc="Network units (electrons of the training survey) per image unit, by band. Bands not given "
-            "use the weights' survey zero points and the coadd's PhotoCalib (image units -> nJy -> "
-            "electrons).",
-    )
-
-    # The algorithm
-    iterations = pexConfig.Field[int](
-        doc="Passes over the peaks: 1 = brightest-first pass only; each further pass re-models every "
-            "galaxy on the image minus all the other models.",
-        default=2,
-    )
-    doRefineCentroids = pexConfig.Field[bool](
-        doc="Re-centre stamps on the models' light centroids.",
-        default=True,
-    )
-    fitSteps = pexConfig.Field[int](
-        doc="Adam steps of the joint latent fit of each parent's children to its pixels, through the "
-            "frozen decoder, with the variance plane's noise (0: the encoder's models as they are).",
-        default=FIT_STEPS_DEFAULT,
-    )
-    fitLearningRate = pexConfig.Field[float](
-        doc="Adam's step of the latent fit, in units of the weights' latent spread.",
-        default=0.1,
-    )
-    fitPriorWeight = pexConfig.Field[float](
-        doc="Weight of the latent prior in the fit.",
-        default=1.0,
-    )
-    fitAmplitudeSigma = pexConfig.Field[float](
-        doc="Width of the prior on the log of each child's free per-band amplitude in the fit "
-            "(0: no free amplitudes).",
-        default=0.3,
-    )
-    maxCentroidShift = pexConfig.Field[float](
-        doc="Largest centroid correction, pixels.",
-        default=3.0,
-    )
-    modelFloor = pexConfig.Field[float](
-        doc="Model pixels below this many times the band's noise rms (per pixel, median over the cut-out) "
-            "are set to zero in the model data, and each band's model is cropped to what is left. "
-            "Downstream footprints are the non-zero model pixels, so this bounds their size (and the size "
-            "of the model data); 0 keeps every stamp whole (cropped to the parent's box).",
-        default=0.1,
-    )
-    doConserveFlux = pexConfig.Field[bool](
-        doc="Store the flux-conserved children (the image split in proportion to the models) in the model "
-            "data instead of the models themselves. Measurement re-distributes the flux of its own image "
-            "when its doConserveFlux is set (the DRP default), so leave this off there.",
-        default=False,
-    )
-
-    # Limits (as scarlet's)
-    maxNumberOfPeaks = pexConfig.Field[int](
-        doc="Skip parents with more peaks than this (<= 0: unlimited).",
-        default=600,
-    )
-    maxFootprintArea = pexConfig.Field[int](
-        doc="Skip parents whose footprint's bounding box has more pixels than this (<= 0: unlimited).",
-        default=2_000_000,
-    )
-    maxFootprintSize = pexConfig.Field[int](
-        doc="Skip parents whose footprint's bounding box is longer than this (<= 0: unlimited).",
-        default=0,
-    )
-    maxAreaTimesPeaks = pexConfig.Field[int](
-        doc="Skip parents whose bounding-box area times number of peaks is above this (<= 0: unlimited).",
-        default=1_000_000_000,
-    )
-    maxConserveAreaTimesPeaks = pexConfig.Field[int](
-        doc="With doConserveFlux, parents whose bounding-box area times number of peaks is above this store "
-            "their models instead (the conservation holds about 90 bytes per pixel, band and peak).",
-        default=20_000_000,
-    )
-    processSingles = pexConfig.Field[bool](
-        doc="Deblend single-peak parents too (one child each) instead of passing them on as isolated.",
-        default=False,
-    )
-    persistIsolated = pexConfig.Field[bool](
-        doc="Store isolated sources in the model data (as scarlet does).",
-        default=True,
-    )
-    badMask = pexConfig.ListField[str](
-        doc="Mask planes whose pixels are hidden from the network (in any band).",
-        default=DEFAULT_BAD_MASK,
-    )
-    maskLimits = pexConfig.DictField(
-        keytype=str,
-        itemtype=float,
-        default={},
-        doc="Mask planes with the largest fraction of a footprint's pixels they may cover; parents above "
-            "are skipped (deblend_skipped_masked).",
-    )
-    pseudoColumns = pexConfig.ListField[str](
-        doc="Flags of sources that are never deblended (sky objects): such parents are passed on as "
-            "isolated, such peaks in a blend get no child.",
-        default=["merge_peak_sky", "sky_source"],
-    )
-    notDeblendedMask = pexConfig.Field[str](
-        doc="Mask plane set on the coadds over skipped or failed parents, or None.",
-        default="NOT_DEBLENDED",
-        optional=True,
-    )
-    catchFailures = pexConfig.Field[bool](
-        doc="Catch exceptions per parent, log them and flag the parent (deblend_failed, deblend_error) "
-            "instead of failing the patch.",
-        default=True,
-    )
-
-    def validate(self):
-        super().validate()
-        if self.iterations < 1:
-            raise pexConfig.FieldValidationError(VaeDeblendCoaddConfig.iterations, self, "must be >= 1")
-        if self.batchSize < 1:
-            raise pexConfig.FieldValidationError(VaeDeblendCoaddConfig.batchSize, self, "must be >= 1")
-
-    def deblendConfig(self) -> DeblendConfig:
-        """The array core's options."""
-        return DeblendConfig(iterations=self.iterations, refine_centroids=self.doRefineCentroids,
-                             max_centroid_shift=self.maxCentroidShift, conserve_flux=self.doConserveFlux,
-                             fit_steps=self.fitSteps, fit_learning_rate=self.fitLearningRate,
-                             fit_prior_weight=self.fitPriorWeight,
-                             fit_amplitude_sigma=self.fitAmplitudeSigma)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -430,6 +286,12 @@ def _spansInBox(footprint: afwDet.Footprint, box: tuple[int, int, int, int], xy0
                 ) -> np.ndarray:
     """A footprint as a boolean array over ``box`` (x0, y0, x1, y1: array indices of an image at ``xy0``)."""
     return footprint.spans.asArray((box[3] - box[1], box[2] - box[0]), (box[0] + xy0[0], box[1] + xy0[1]))
+
+
+def _axisRatio(footprint: afwDet.Footprint) -> float:
+    """Minor over major axis of a footprint's second moments (1 for a footprint without extent)."""
+    axes = afwEll.Axes(footprint.getShape())
+    return float(axes.getB() / axes.getA()) if axes.getA() > 0 else 1.0
 
 
 def _isPseudo(record, columns: Sequence[str]) -> bool:
@@ -554,8 +416,8 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
         if self._model is None:
             from ...deblend.network import VaeDeblender
 
-            self._model = VaeDeblender(self.config.weights, device=self.config.device,
-                                       batch_size=self.config.batchSize)
+            vae = self.config.vae
+            self._model = VaeDeblender(vae.weights, device=vae.device, batch_size=vae.batchSize)
         return self._model
 
     @model.setter
@@ -607,24 +469,39 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
         -------
         result : `lsst.pipe.base.Struct`
             ``deblendedCatalog`` (isolated sources and children, sorted by id), ``scarletModelData``
-            (`LsstScarletModelData`) and ``objectParents`` (every parent with its flags).
+            (`LsstScarletModelData`) and ``objectParents`` (the parents in input order, then one blend
+            record per parent sent to the deblender, ``parent`` = its parent's id, as scarlet's
+            deconvolved parents).
         """
+        options = self.config.multibandDeblend
         patch = self._preparePatch(coadds, bands)
-        parents, objects = self._makeCatalogs(mergedDetections, idFactory)
-        if self.config.notDeblendedMask:
+        parents = self._makeParents(self._ciSelection(mergedDetections), idFactory)
+        if options.notDeblendedMask:
             for exposure in patch.coadds:
-                exposure.mask.addMaskPlane(self.config.notDeblendedMask)
+                exposure.mask.addMaskPlane(options.notDeblendedMask)
+        nParents = len(parents)
+        blendRecords = self._initializeParents(parents, patch)
+        objects = afwTable.SourceCatalog(afwTable.SourceTable.make(self.objectSchema))
+        if len(parents):
+            # Children get ids above every parent and blend record (as in scarlet's task).
+            objects.getIdFactory().notify(int(np.max(parents["id"])))
         modelData = makeModelData(patch.modelBands)
         periodicLog = PeriodicLogger(self.log)
         counts = dict(isolated=0, deblended=0, skipped=0, failed=0, children=0)
-        self.log.info("Deblending %d parents in bands %s.", len(parents), patch.modelBands)
-        for index, parent in enumerate(parents):
-            periodicLog.log("Deblended %d of %d parents.", index, len(parents))
-            status, nChild = self._processParent(parent, patch, objects, modelData)
+        self.log.info("Deblending %d parents in bands %s.", nParents, patch.modelBands)
+        for index in range(nParents):
+            periodicLog.log("Deblended %d of %d parents.", index, nParents)
+            parent = parents[index]
+            blendRecord = blendRecords.get(parent.getId())
+            if blendRecord is None:
+                self._addIsolated(parent, patch, objects, modelData)
+                counts["isolated"] += 1
+                continue
+            status, nChild = self._processBlend(parent, blendRecord, patch, objects, modelData)
             counts[status] += 1
             counts["children"] += nChild
         self.log.info("%d parents: %d isolated, %d deblended into %d children, %d skipped, %d failed.",
-                      len(parents), counts["isolated"], counts["deblended"], counts["children"],
+                      nParents, counts["isolated"], counts["deblended"], counts["children"],
                       counts["skipped"], counts["failed"])
 
         deblended = afwTable.SourceCatalog(afwTable.SourceTable.make(self.objectSchema))
@@ -659,16 +536,16 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
         ignored = [band for band in bands if band not in networkBands]
         if ignored:
             self.log.info("Bands %s are not among the network's %s and are ignored.", ignored, networkBands)
-        deblendConfig = self.config.deblendConfig()
+        deblendConfig = self.config.vae.deblendConfig()
         return _Patch(coadds=coadds, exposures=exposures, present=present, missing=missing,
                       modelBands=[networkBands[k] for k in present],
                       xy0=(bbox.getMinX(), bbox.getMinY()), shape=(bbox.getHeight(), bbox.getWidth()),
                       scale=self._fluxScale(networkBands, exposures), deblendConfig=deblendConfig,
                       margin=stamp_margin(self.model.stamp_size, deblendConfig))
 
-    def _makeCatalogs(self, mergedDetections, idFactory):
-        """The parents (input order, the patch's id factory) and an empty object catalogue whose ids follow
-        the largest parent id."""
+    def _makeParents(self, mergedDetections, idFactory):
+        """The parents, in input order, in a table whose id factory (the patch's) follows the largest
+        input id."""
         if idFactory is None:
             idFactory = afwTable.IdFactory.makeSimple()
         if len(mergedDetections):
@@ -678,106 +555,174 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
         sources.extend(mergedDetections, mapper=self.schemaMapper)
         parents = afwTable.SourceCatalog(afwTable.SourceTable.make(self.parentSchema, idFactory))
         parents.extend(sources, mapper=self.parentSchemaMapper)
-        objects = afwTable.SourceCatalog(afwTable.SourceTable.make(self.objectSchema))
-        if len(parents):
-            objects.getIdFactory().notify(int(np.max(parents["id"])))
-        return parents, objects
+        return parents
 
-    def _processParent(self, parent, patch: _Patch, objects, modelData) -> tuple[str, int]:
-        """Pass on, skip or deblend one parent; returns its fate and its number of children."""
-        footprint = parent.getFootprint()
-        peaks = footprint.peaks
-        nPeaks = len(peaks)
-        parent.set("deblend_nPeaks", nPeaks)
-        if nPeaks == 0:
-            self._skip(parent, "deblend_skipped", patch.coadds, "no peak")
-            return "skipped", 0
-        # The first peak's columns (merge_peak_sky...) describe the parent.
-        parent.assign(peaks[0], self.peakSchemaMapper)
-        if patch.missing:
-            parent.set("deblend_incompleteData", True)
-        pseudo = _isPseudo(parent, self.config.pseudoColumns)
-        if pseudo or (nPeaks == 1 and not self.config.processSingles):
-            # Sky objects and single peaks go on as isolated sources (as in scarlet's task).
-            parent.set("deblend_skipped_isPseudo" if pseudo else "deblend_skipped_isolatedParent", True)
-            self._addIsolated(parent, objects, modelData)
-            return "isolated", 0
+    def _ciSelection(self, mergedDetections):
+        """With ``useCiLimits``, scarlet's CI selection: the single-peak parents and the first
+        ``ciNumParentsToDeblend`` parents with a number of peaks in ``ciDeblendChildRange``."""
+        options = self.config.multibandDeblend
+        if not getattr(options, "useCiLimits", False):
+            return mergedDetections
+        low, high = options.ciDeblendChildRange
+        nPeaks = np.array([len(p.getFootprint().peaks) for p in mergedDetections], dtype=int)
+        inRange = np.flatnonzero((nPeaks >= low) & (nPeaks <= high))
+        if len(inRange) < options.ciNumParentsToDeblend:
+            raise ValueError("Fewer than ciNumParentsToDeblend parents have a number of peaks in "
+                             "ciDeblendChildRange.")
+        keep = nPeaks == 1
+        keep[inRange[:options.ciNumParentsToDeblend]] = True
+        self.log.info("CI limits: deblending %d of %d parents.", int(keep.sum()), len(mergedDetections))
+        return mergedDetections[keep]
 
+    def _initializeParents(self, parents, patch: _Patch) -> dict:
+        """Copy each parent's first peak columns to it and add a blend record for each parent to deblend.
+
+        Sky objects (``pseudoColumns``) and single-peak parents (unless ``processSingles``) are isolated
+        sources: they get no blend record.  Every other parent gets one blend record (``parent`` = the
+        parent's id, the parent's footprint): the VAE deblends a parent as one blend, where scarlet may
+        split it into deconvolved blends.
+
+        Returns
+        -------
+        blendRecords : `dict` [`int`, `lsst.afw.table.SourceRecord`]
+            The blend record of each parent to deblend, by parent id.
+        """
+        options = self.config.multibandDeblend
+        nParents = len(parents)
+        blendRecords = {}
+        for index in range(nParents):
+            parent = parents[index]
+            footprint = parent.getFootprint()
+            nPeaks = len(footprint.peaks)
+            parent.set("deblend_nPeaks", nPeaks)
+            if nPeaks == 0:
+                continue  # nothing to assign or deblend: flagged when it is processed
+            parent.assign(footprint.peaks[0], self.peakSchemaMapper)
+            if patch.missing:
+                parent.set("deblend_incompleteData", True)
+            if _isPseudo(parent, options.pseudoColumns):
+                continue  # a sky object: an isolated source, no flag (as scarlet)
+            if nPeaks == 1 and not options.processSingles:
+                parent.set("deblend_skipped_isolatedParent", True)
+                continue
+            blendRecord = parents.addNew()
+            blendRecord.setParent(parent.getId())
+            blendRecord.setFootprint(footprint)
+            blendRecord.set("deblend_nPeaks", nPeaks)
+            blendRecord.set("deblend_incompleteData", parent.get("deblend_incompleteData"))
+            blendRecords[parent.getId()] = blendRecord
+        return blendRecords
+
+    def _processBlend(self, parent, blendRecord, patch: _Patch, objects, modelData) -> tuple[str, int]:
+        """Skip or deblend the blend of one parent; returns its fate and its number of children."""
+        options = self.config.multibandDeblend
+        footprint = blendRecord.getFootprint()
+        nPeaks = len(footprint.peaks)
+        modelPeaks = [p for p in footprint.peaks if not _isPseudo(p, options.pseudoColumns)]
         box = footprint.getBBox()
         xy0 = patch.xy0
         cutBox = blend_box((box.getMinX() - xy0[0], box.getMinY() - xy0[1],
                             box.getMaxX() + 1 - xy0[0], box.getMaxY() + 1 - xy0[1]),
                            patch.margin, patch.shape)
+        minAxisRatio = getattr(options, "minFootprintAxisRatio", 0.0)
         reason = skip_reason(n_peaks=nPeaks, bbox_area=box.getArea(),
                              bbox_size=max(box.getWidth(), box.getHeight()),
-                             is_pseudo=False, masked=self._maskedFractions(footprint, patch, cutBox),
-                             max_peaks=self.config.maxNumberOfPeaks, max_area=self.config.maxFootprintArea,
-                             max_size=self.config.maxFootprintSize, mask_limits=dict(self.config.maskLimits),
-                             max_area_times_peaks=self.config.maxAreaTimesPeaks)
+                             is_pseudo=not modelPeaks, masked=self._maskedFractions(footprint, patch),
+                             max_peaks=options.maxNumberOfPeaks, max_area=options.maxFootprintArea,
+                             max_size=options.maxFootprintSize, mask_limits=dict(options.maskLimits),
+                             max_area_times_peaks=options.maxAreaTimesPeaks,
+                             axis_ratio=_axisRatio(footprint) if minAxisRatio > 0 else None,
+                             min_axis_ratio=minAxisRatio)
         if reason is not None:
+            self._skipBlend(blendRecord, reason, patch.coadds, reason)
+            parent.set("deblend_skipped", True)
             parent.set(reason, True)
-            self._skip(parent, "deblend_skipped", patch.coadds, reason)
+            self._updateParentRecord(parent, nPeaks=nPeaks)
             return "skipped", 0
 
         start = time.perf_counter()
         firstRecord = len(objects)
         try:
-            nChild = self._deblendParent(parent, patch, cutBox, objects, modelData)
+            children = self._deblendBlend(parent, blendRecord, modelPeaks, patch, cutBox, objects, modelData)
         except Exception as error:
-            if not self.config.catchFailures:
+            if not options.catchFailures:
                 raise
             del objects[firstRecord:]  # no orphan children
             modelData.blends.pop(parent.getId(), None)
             name = type(error).__name__
             self.log.warning("Parent %d failed to deblend: %s: %s", parent.getId(), name, error)
-            parent.set("deblend_error", name[:ERROR_SIZE])
-            self._skip(parent, "deblend_failed", patch.coadds, name)
-            parent.set("deblend_runtime", 1000.0 * (time.perf_counter() - start))
+            blendRecord.set("deblend_error", name[:ERROR_SIZE])
+            blendRecord.set("deblend_failed", True)
+            self._skipBlend(blendRecord, "deblend_failed", patch.coadds, name)
+            parent.set("deblend_childFailed", True)
+            self._updateParentRecord(parent, nPeaks=nPeaks)
             return "failed", 0
-        parent.set("deblend_runtime", 1000.0 * (time.perf_counter() - start))
-        return "deblended", nChild
+        runtime = 1000.0 * (time.perf_counter() - start)
+        for record in (blendRecord, parent):
+            record.set("deblend_runtime", runtime)
+        # The parent columns the children inherit (scarlet's columnInheritance) and the detection columns.
+        for child in children:
+            for key in self.toCopyFromParent:
+                child.set(key, parent.get(key))
+            inheritance = getattr(options, "columnInheritance", COLUMN_INHERITANCE)
+            for parentColumn, childColumn in inheritance.items():
+                child.set(childColumn, parent.get(parentColumn))
+        return "deblended", len(children)
 
-    def _maskedFractions(self, footprint, patch: _Patch, cutBox) -> dict[str, float]:
-        """Fraction of the footprint covered by each plane of ``config.maskLimits``."""
-        planes = list(self.config.maskLimits)
+    def _updateParentRecord(self, record, *, nPeaks: int, nChild: int = 0, nComponents: int = 0,
+                            runtime: float = np.nan, iterations: int = 0, chi2: float = np.nan) -> None:
+        """The deblending results of a parent or blend record (scarlet's ``_updateParentRecord``)."""
+        record.set("deblend_nPeaks", nPeaks)
+        record.set("deblend_nChild", nChild)
+        record.set("deblend_nComponents", nComponents)
+        record.set("deblend_runtime", runtime)
+        record.set("deblend_iterations", iterations)
+        record.set("deblend_chi2", chi2)
+
+    def _maskedFractions(self, footprint, patch: _Patch) -> dict[str, float]:
+        """Fraction of the footprint with each plane of ``maskLimits`` set in any band (as scarlet)."""
+        planes = list(self.config.multibandDeblend.maskLimits)
         if not planes:
             return {}
-        _, _, _, maskArrays = coaddCutout(patch.exposures, cutBox, [], patch.scale, planes)
-        spans = _spansInBox(footprint, cutBox, patch.xy0)
-        return {name: masked_fraction(spans, array) for name, array in maskArrays.items()}
+        box = footprint.getBBox()
+        xy0 = patch.xy0
+        cutBox = blend_box((box.getMinX() - xy0[0], box.getMinY() - xy0[1],
+                            box.getMaxX() + 1 - xy0[0], box.getMaxY() + 1 - xy0[1]), 0, patch.shape)
+        _, _, _, maskArrays = coaddCutout(patch.coadds, cutBox, [], np.ones(len(patch.coadds)), planes)
+        spans = _spansInBox(footprint, cutBox, xy0)
+        area = footprint.getArea()  # scarlet divides by the whole footprint's area
+        return {name: float(np.count_nonzero(spans & array)) / area if area else 0.0
+                for name, array in maskArrays.items()}
 
     def _fluxScale(self, networkBands: Sequence[str], exposures: Sequence) -> np.ndarray:
         """Network units per image unit of each network band (1 where there is no coadd)."""
+        fluxScale = self.config.vae.fluxScale
         scale = np.ones(len(networkBands))
-        auto = [b for b, e in zip(networkBands, exposures)
-                if e is not None and b not in self.config.fluxScale]
+        auto = [b for b, e in zip(networkBands, exposures) if e is not None and b not in fluxScale]
         perNanojansky = dict(zip(auto, electrons_per_nanojansky(auto))) if auto else {}
         for k, (band, exposure) in enumerate(zip(networkBands, exposures)):
             if exposure is None:
                 continue
-            if band in self.config.fluxScale:
-                scale[k] = self.config.fluxScale[band]
+            if band in fluxScale:
+                scale[k] = fluxScale[band]
             else:
                 calib = exposure.getPhotoCalib()
                 nanojanskyPerUnit = calib.getCalibrationMean() if calib is not None else 1.0
                 scale[k] = perNanojansky[band] * nanojanskyPerUnit
         return scale
 
-    def _deblendParent(self, parent, patch: _Patch, cutBox, objects, modelData) -> int:
-        """Deblend one parent: the core on arrays, then records and model data; returns its number of
-        children."""
-        footprint = parent.getFootprint()
-        allPeaks = list(footprint.peaks)
-        peaks = [p for p in allPeaks if not _isPseudo(p, self.config.pseudoColumns)]
-        if not peaks:
-            raise RuntimeError("The parent has only pseudo peaks.")
+    def _deblendBlend(self, parent, blendRecord, peaks, patch: _Patch, cutBox, objects, modelData) -> list:
+        """Deblend one blend: the core on arrays, then records and model data; returns the children."""
+        vae = self.config.vae
+        footprint = blendRecord.getFootprint()
         xy0 = patch.xy0
         cx0, cy0 = cutBox[0], cutBox[1]
-        image, variance, bad, _ = coaddCutout(patch.exposures, cutBox, self.config.badMask, patch.scale)
+        image, variance, bad, _ = coaddCutout(patch.exposures, cutBox, self.config.multibandDeblend.badMask,
+                                              patch.scale)
         positions = np.array([(p.getIx() - xy0[0], p.getIy() - xy0[1]) for p in peaks])
         deblendConfig = patch.deblendConfig
         if deblendConfig.conserve_flux and (footprint.getBBox().getArea() * len(peaks)
-                                            > self.config.maxConserveAreaTimesPeaks):
+                                            > vae.maxConserveAreaTimesPeaks):
             self.log.info("Parent %d is too big to conserve flux: its models are stored.", parent.getId())
             deblendConfig = dataclasses.replace(deblendConfig, conserve_flux=False)
         result = deblend_blend(image, _spansInBox(footprint, cutBox, xy0), positions - (cx0, cy0), self.model,
@@ -785,7 +730,9 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
                                config=deblendConfig)
 
         parentId = parent.getId()
+        blendId = blendRecord.getId()
         nChild = len(peaks)
+        nComponents = len(patch.present)
         bbox, parentSpans, _, _ = footprintToArrays(footprint, xy0)
         records = []
         for peak, child, chi2 in zip(peaks, result.children, result.child_chi2):
@@ -793,89 +740,85 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
             record.assign(peak, self.peakSchemaMapper)
             record.setParent(parentId)
             record.set("deblend_nChild", 0)
-            record.set("deblend_blendId", parentId)
-            record.set("deblend_blendNChild", nChild)
+            record.set("deblend_blendId", blendId)
+            record.set("deblend_blendNChild", len(footprint.peaks))
             record.set("deblend_peak_center_x", int(peak.getIx()))
             record.set("deblend_peak_center_y", int(peak.getIy()))
             record.set("deblend_peakId", int(peak.getId()))
-            record.set("deblend_nComponents", len(patch.present))
+            record.set("deblend_nComponents", nComponents)
             record.set("deblend_chi2", float(chi2))
             record.set("deblend_zeroFlux", bool(child.zero_flux))
             record.set("deblend_edgePixels", bool(touches_edge(child, bbox)))
-            record.set("deblend_parentNPeaks", len(allPeaks))
-            record.set("deblend_parentNChild", nChild)
-            for key in self.toCopyFromParent:
-                record.set(key, parent.get(key))
             records.append(record)
 
         images = result.parent.conserved if deblendConfig.conserve_flux else None
         if images is not None and result.parent.bbox != bbox:
             images = None  # the footprint reaches past the coadd: store the models
         blend = export_blend(result.children, bbox, parentSpans, [r.getId() for r in records],
-                             [p.getId() for p in peaks], blend_id=parentId, peaks=positions, xy0=xy0,
+                             [p.getId() for p in peaks], blend_id=blendId, peaks=positions, xy0=xy0,
                              scale=patch.scale, images=images, band_index=patch.present,
                              floor=self._modelFloor(variance, bad, patch))
         modelData.blends[parentId] = toScarletBlendData(blend)
 
-        parent.set("deblend_nChild", nChild)
-        parent.set("deblend_nComponents", nChild * len(patch.present))
-        parent.set("deblend_iterations", patch.deblendConfig.iterations)
-        parent.set("deblend_chi2", float(result.chi2))
-        return nChild
+        for record in (blendRecord, parent):
+            self._updateParentRecord(record, nPeaks=len(footprint.peaks), nChild=nChild,
+                                     nComponents=nChild * nComponents, iterations=deblendConfig.iterations,
+                                     chi2=float(result.chi2))
+        return records
 
     def _modelFloor(self, variance: np.ndarray, bad: np.ndarray, patch: _Patch) -> np.ndarray | None:
-        """``config.modelFloor`` times the noise rms of each stored band, in image units."""
-        if self.config.modelFloor <= 0:
+        """``vae.modelFloor`` times the noise rms of each stored band, in image units."""
+        modelFloor = self.config.vae.modelFloor
+        if modelFloor <= 0:
             return None
         floor = []
         for k in patch.present:
             good = np.isfinite(variance[k]) & (variance[k] > 0) & ~bad
             noise = np.sqrt(np.median(variance[k][good])) / patch.scale[k] if good.any() else 0.0
-            floor.append(self.config.modelFloor * noise)
+            floor.append(modelFloor * noise)
         return np.array(floor)
 
-    def _addIsolated(self, parent, objects, modelData) -> None:
-        """An isolated source: the parent's id and footprint, ``parent = 0``, no model."""
+    def _addIsolated(self, parent, patch: _Patch, objects, modelData) -> None:
+        """An isolated source: the parent's id and footprint, ``parent = 0``, no model (as scarlet).
+
+        A parent without peaks is not a source: it is flagged ``deblend_skipped`` and gives no row.
+        """
+        options = self.config.multibandDeblend
         footprint = parent.getFootprint()
+        if len(footprint.peaks) == 0:
+            self._skipBlend(parent, "deblend_skipped", patch.coadds, "no peak")
+            return
         peak = footprint.peaks[0]
         record = objects.addNew()
         record.assign(peak, self.peakSchemaMapper)
         record.setParent(0)
         record.setId(parent.getId())
         record.setFootprint(footprint)
-        record.set("deblend_nChild", 0)
         record.set("deblend_blendId", 0)
         record.set("deblend_blendNChild", 0)
         record.set("deblend_peak_center_x", int(peak.getIx()))
         record.set("deblend_peak_center_y", int(peak.getIy()))
         record.set("deblend_peakId", int(peak.getId()))
         record.set("deblend_nComponents", 0)
-        record.set("deblend_parentNPeaks", len(footprint.peaks))
-        record.set("deblend_parentNChild", 0)
+        self._updateParentRecord(parent, nPeaks=len(footprint.peaks), runtime=0.0)
         for key in self.toCopyFromParent:
             record.set(key, parent.get(key))
-        parent.set("deblend_nChild", 0)
-        parent.set("deblend_nComponents", 0)
-        parent.set("deblend_runtime", 0.0)
-        parent.set("deblend_iterations", 0)
-        parent.set("deblend_chi2", np.nan)
-        if self.config.persistIsolated:
+        if options.persistIsolated and not _isPseudo(parent, options.pseudoColumns):
             box = footprint.getBBox()
             modelData.isolated[parent.getId()] = IsolatedSourceData(
                 span_array=footprint.spans.asArray(), origin=(box.getMinY(), box.getMinX()),
                 peak=(peak.getIy(), peak.getIx()))
 
-    def _skip(self, parent, flag: str, coadds, why: str) -> None:
-        """Flag a parent that gives no object rows and mark its pixels NOT_DEBLENDED."""
-        self.log.trace("Parent %d not deblended: %s", parent.getId(), why)
-        parent.set(flag, True)
-        parent.set("deblend_nChild", 0)
-        parent.set("deblend_nComponents", 0)
-        parent.set("deblend_iterations", 0)
-        parent.set("deblend_chi2", np.nan)
-        parent.set("deblend_runtime", np.nan)
-        if self.config.notDeblendedMask:
+    def _skipBlend(self, record, flag: str, coadds, why: str) -> None:
+        """Flag a blend (or peakless parent) that gives no object rows and mark its pixels NOT_DEBLENDED
+        (scarlet's ``_skipBlend``)."""
+        self.log.trace("Record %d not deblended: %s", record.getId(), why)
+        self._updateParentRecord(record, nPeaks=len(record.getFootprint().peaks))
+        record.set("deblend_skipped", True)
+        record.set(flag, True)
+        notDeblendedMask = self.config.multibandDeblend.notDeblendedMask
+        if notDeblendedMask:
             for exposure in coadds:
                 mask = exposure.mask
-                parent.getFootprint().spans.clippedTo(mask.getBBox()).setMask(
-                    mask, mask.getPlaneBitMask(self.config.notDeblendedMask))
+                record.getFootprint().spans.clippedTo(mask.getBBox()).setMask(
+                    mask, mask.getPlaneBitMask(notDeblendedMask))

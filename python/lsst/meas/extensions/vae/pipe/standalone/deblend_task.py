@@ -39,6 +39,7 @@ from lsst.utils.timer import timeMethod
 
 from ...deblend.field import Child, DeblendConfig, Parent, deblend_field
 from ...deblend.fit import FIT_STEPS_DEFAULT, median_variance
+from ...deblend.skip import SKIP_MASKED, SKIP_TOO_BIG, SKIP_TOO_MANY_PEAKS, SkipLimits, skip_reasons
 from .coadd import Coadd, FootprintImage
 from ...measure.detection import footprint_boxes
 from .detect_task import BAND_DIMENSIONS, PATCH_DIMENSIONS
@@ -109,7 +110,13 @@ class DeblendConfigBase(PipelineTaskConfig, pipelineConnections=VaeDeblendConnec
     maxNumberOfPeaks = Field[int](
         doc="Skip parents with more peaks than this (0: no limit).", default=600)
     maxFootprintArea = Field[float](
-        doc="Skip parents whose footprint covers more pixels than this (0: no limit).", default=2e6)
+        doc="Skip parents whose footprint's bounding box covers more pixels than this (0: no limit).",
+        default=2e6)
+    maxFootprintSize = Field[int](
+        doc="Skip parents whose footprint's bounding box is longer than this (0: no limit).", default=0)
+    maxAreaTimesPeaks = Field[int](
+        doc="Skip parents whose bounding-box area times number of peaks is above this (0: no limit).",
+        default=1_000_000_000)
     maxMaskedFraction = Field[float](
         doc="Skip parents with a larger fraction of their footprint in badMask pixels.", default=0.5)
     badMask = ListField[str](
@@ -273,11 +280,19 @@ class VaeDeblendTask(PipelineTask):
 
         flags = {name: np.zeros(n, dtype=bool) for name in PARENT_FLAGS}
         flags["deblend_missingBand"][:] = bool(missing_bands)
-        flags["deblend_skipped_tooManyPeaks"] = (self.config.maxNumberOfPeaks > 0) & \
-            (n_peaks > self.config.maxNumberOfPeaks)
-        flags["deblend_skipped_parentTooBig"] = (self.config.maxFootprintArea > 0) & \
-            (area > self.config.maxFootprintArea)
-        flags["deblend_skipped_masked"] = masked_fraction > self.config.maxMaskedFraction
+        # The skip rules shared with the Rubin task (deblend/skip.py); the masked fraction is that of the
+        # union of the badMask planes, limited by maxMaskedFraction.
+        extent = np.clip(boxes[parent_labels - 1, 2:] - boxes[parent_labels - 1, :2], 0, None)  # (w, h)
+        reasons = skip_reasons(n_peaks=n_peaks, bbox_area=np.prod(extent, axis=1),
+                               bbox_size=np.max(extent, axis=1, initial=0),
+                               masked={"badMask": masked_fraction},
+                               limits=SkipLimits(max_peaks=self.config.maxNumberOfPeaks,
+                                                 max_area=int(self.config.maxFootprintArea),
+                                                 max_size=self.config.maxFootprintSize,
+                                                 max_area_times_peaks=self.config.maxAreaTimesPeaks,
+                                                 mask_limits={"badMask": self.config.maxMaskedFraction}))
+        for name in (SKIP_TOO_MANY_PEAKS, SKIP_TOO_BIG, SKIP_MASKED):
+            flags[name] = reasons == name
         isolated = n_peaks == 1
         flags["deblend_skipped_isolatedParent"] = isolated & (not self.config.processSingles)
         no_peaks = n_peaks == 0

@@ -1,0 +1,9 @@
+# The VAE's accurate setting: the encoder's codes, then a joint fit of all the codes of a blend (and a
+# free amplitude per galaxy and band) through the frozen decoder to the blend's pixels, with the variance
+# plane's noise (weights/lsst.md). About a second per blend on a CPU; use a GPU node (config.vae.device).
+# Apply with
+#   -C deblendCoaddFootprints:$MEAS_EXTENSIONS_VAE_DIR/config/vaeFit.py
+config.vae.fitSteps = 60
+config.vae.fitLearningRate = 0.1
+config.vae.fitPriorWeight = 1.0
+config.vae.fitAmplitudeSigma = 0.3

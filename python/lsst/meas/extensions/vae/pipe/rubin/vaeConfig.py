@@ -1,0 +1,112 @@
+"""The VAE's own options of the DRP task: ``config.vae`` of `VaeDeblendCoaddConfig`.
+
+Everything the VAE shares with scarlet's deblender (skip limits, mask planes, sky objects, failures,
+isolated sources) lives in ``config.multibandDeblend``, scarlet's own ``ScarletDeblendConfig``, so that a
+scarlet override (``-c deblendCoaddFootprints:multibandDeblend.maxNumberOfPeaks=...`` or a config file)
+works unchanged.  This module needs pex_config only (no afw), so the override files of ``config/`` can be
+checked anywhere.
+"""
+
+from __future__ import annotations
+
+__all__ = ["VaeDeblendConfig"]
+
+import lsst.pex.config as pexConfig
+
+from ...deblend.field import DeblendConfig
+from ...deblend.fit import FIT_STEPS_DEFAULT
+
+
+class VaeDeblendConfig(pexConfig.Config):
+    """The network, the algorithm and the model data of the VAE deblender."""
+
+    # The network
+    weights = pexConfig.Field[str](
+        doc="Weights of the deblender: a shipped name ('lsst') or a .safetensors path.",
+        default="lsst",
+    )
+    device = pexConfig.Field[str](
+        doc="Torch device ('cpu', 'cuda', 'cuda:1'...); None: the GPU when there is one.",
+        default=None,
+        optional=True,
+    )
+    batchSize = pexConfig.Field[int](
+        doc="Stamps per network call.",
+        default=256,
+    )
+    fluxScale = pexConfig.DictField(
+        keytype=str,
+        itemtype=float,
+        default={},
+        doc="Network units (electrons of the training survey) per image unit, by band. Bands not given "
+            "use the weights' survey zero points and the coadd's PhotoCalib (image units -> nJy -> "
+            "electrons).",
+    )
+
+    # The algorithm
+    iterations = pexConfig.Field[int](
+        doc="Passes over the peaks: 1 = brightest-first pass only; each further pass re-models every "
+            "galaxy on the image minus all the other models.",
+        default=2,
+    )
+    doRefineCentroids = pexConfig.Field[bool](
+        doc="Re-centre stamps on the models' light centroids.",
+        default=True,
+    )
+    maxCentroidShift = pexConfig.Field[float](
+        doc="Largest centroid correction, pixels.",
+        default=3.0,
+    )
+    fitSteps = pexConfig.Field[int](
+        doc="Adam steps of the joint latent fit of each parent's children to its pixels, through the "
+            "frozen decoder, with the variance plane's noise (0: the encoder's models as they are).",
+        default=FIT_STEPS_DEFAULT,
+    )
+    fitLearningRate = pexConfig.Field[float](
+        doc="Adam's step of the latent fit, in units of the weights' latent spread.",
+        default=0.1,
+    )
+    fitPriorWeight = pexConfig.Field[float](
+        doc="Weight of the latent prior in the fit.",
+        default=1.0,
+    )
+    fitAmplitudeSigma = pexConfig.Field[float](
+        doc="Width of the prior on the log of each child's free per-band amplitude in the fit "
+            "(0: no free amplitudes).",
+        default=0.3,
+    )
+
+    # The model data
+    modelFloor = pexConfig.Field[float](
+        doc="Model pixels below this many times the band's noise rms (per pixel, median over the cut-out) "
+            "are set to zero in the model data, and each band's model is cropped to what is left. "
+            "Downstream footprints are the non-zero model pixels, so this bounds their size (and the size "
+            "of the model data); 0 keeps every stamp whole (cropped to the parent's box).",
+        default=0.1,
+    )
+    doConserveFlux = pexConfig.Field[bool](
+        doc="Store the flux-conserved children (the image split in proportion to the models) in the model "
+            "data instead of the models themselves. Measurement re-distributes the flux of its own image "
+            "when its doConserveFlux is set (the DRP default), so leave this off there.",
+        default=False,
+    )
+    maxConserveAreaTimesPeaks = pexConfig.Field[int](
+        doc="With doConserveFlux, parents whose bounding-box area times number of peaks is above this store "
+            "their models instead (the conservation holds about 90 bytes per pixel, band and peak).",
+        default=20_000_000,
+    )
+
+    def validate(self):
+        super().validate()
+        if self.iterations < 1:
+            raise pexConfig.FieldValidationError(VaeDeblendConfig.iterations, self, "must be >= 1")
+        if self.batchSize < 1:
+            raise pexConfig.FieldValidationError(VaeDeblendConfig.batchSize, self, "must be >= 1")
+
+    def deblendConfig(self) -> DeblendConfig:
+        """The array core's options."""
+        return DeblendConfig(iterations=self.iterations, refine_centroids=self.doRefineCentroids,
+                             max_centroid_shift=self.maxCentroidShift, conserve_flux=self.doConserveFlux,
+                             fit_steps=self.fitSteps, fit_learning_rate=self.fitLearningRate,
+                             fit_prior_weight=self.fitPriorWeight,
+                             fit_amplitude_sigma=self.fitAmplitudeSigma)
