@@ -3,8 +3,8 @@
 Each blend is simulated once (test split: galaxies never used in training) and given to every deblender in
 turn, one blend per call, so that all of them run under the same machine load; the time of a call covers
 all the sources of the blend.  The VAE is also timed on the same blends laid side by side,
-``BATCH_BLENDS`` per call (``seconds_per_blend_batched``), as the pipeline task batches a patch's parents.  Every galaxy of every blend is scored in r against its noiseless isolated
-image (same PSF):
+``BATCH_BLENDS`` per call (``seconds_per_blend_batched``), as the pipeline task batches a patch's
+parents.  Every galaxy of every blend is scored in r against its noiseless isolated image (same PSF):
 
 - flux: ``df/f`` of the output's r flux against the truth's in-stamp flux, ``dmag``, and the catastrophic
   fraction ``abs(df/f) > 1``;
@@ -42,6 +42,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,7 @@ from ..measure.matching import match_to_truth
 from ..measure.shape import hsm_shape
 from ..measure.stats import BLENDEDNESS_BINS, SNR_BINS
 from ..sim.blend import Blend, BlendConfig, BlendMaker, CatalogGalaxies
+from .central import tile_field
 
 DEBLENDERS = ("vae", "vae-fit", "scarlet", "sep", "none")
 # Matching detected peaks to true centres, pixels (0.4" at LSST's 0.2" pixels; as the pipeline's
@@ -211,22 +213,12 @@ def vae_deblender(weights: str, fit_steps: int = 0) -> Deblender:
     def batched(scenes: list[Scene]) -> float:
         """Seconds to deblend ``scenes`` laid side by side in one field, one parent each (as the
         pipeline's task batches the parents of a patch)."""
-        size = scenes[0].image.shape[-1]
-        step = size + net.stamp_size // 2 + 1
-        per_row = int(np.ceil(np.sqrt(len(scenes))))
-        rows = int(np.ceil(len(scenes) / per_row))
-        field = np.zeros((scenes[0].image.shape[0], rows * step, per_row * step), dtype=np.float32)
-        labels = np.zeros(field.shape[1:], dtype=np.int32)
-        peaks, parents = [], []
-        for k, scene in enumerate(scenes):
-            x0, y0 = (k % per_row) * step, (k // per_row) * step
-            field[:, y0:y0 + size, x0:x0 + size] = scene.image
-            labels[y0:y0 + size, x0:x0 + size] = np.where(scene.footprint, k + 1, 0)
-            peaks.append(scene.peaks + [x0, y0])
-            parents.append(np.full(len(scene.peaks), k + 1))
+        field, peaks, parents, labels, _ = tile_field(
+            [sc.image for sc in scenes], [sc.peaks for sc in scenes], net.stamp_size // 2 + 1,
+            [sc.footprint for sc in scenes])
         start = time.perf_counter()
-        deblend_field(field, np.concatenate(peaks), net, net.stamp_size, parents=np.concatenate(parents),
-                      footprints=labels, config=config, variance=scenes[0].variance)
+        deblend_field(field, peaks, net, net.stamp_size, parents=parents, footprints=labels, config=config,
+                      variance=scenes[0].variance)
         return time.perf_counter() - start
 
     run.stamp_size = net.stamp_size
@@ -374,7 +366,7 @@ def _set_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     # JAX reads its thread settings once, when it is first imported (scarlet2).
-    if threads == 1 and "jax" not in __import__("sys").modules:
+    if threads == 1 and "jax" not in sys.modules:
         flags = os.environ.get("XLA_FLAGS", "")
         if "multi_thread_eigen" not in flags:
             os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false "
@@ -531,9 +523,9 @@ def metrics_table(result: dict) -> str:
     batched = [(name, e["seconds_per_blend_batched"]) for name, e in result["deblenders"].items()
                if e.get("seconds_per_blend_batched") and ":" not in name]
     if batched:
-        lines += ["The same blends " + f"{BATCH_BLENDS} per call (one parent each, as the pipeline batches a "
-                  "patch's parents): " + ", ".join(f"{name} {1e3 * t:.2f} ms per blend" for name, t in batched)
-                  + ".", ""]
+        times = ", ".join(f"{name} {1e3 * t:.2f} ms per blend" for name, t in batched)
+        lines += [f"The same blends {BATCH_BLENDS} per call (one parent each, as the pipeline batches a "
+                  f"patch's parents): {times}.", ""]
     if "shear_noise_only" in result:
         lines += [f"## Shear response (g = +-{cfg['shear_g']} on each component, same noise)", "",
                   "| row | m | c1 | c2 | m (r < 24) | galaxies used |", "|---|---|---|---|---|---|"]

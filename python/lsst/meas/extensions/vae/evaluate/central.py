@@ -15,7 +15,7 @@ galaxy's model is scored against its noiseless isolated image, with the same PSF
 
 from __future__ import annotations
 
-__all__ = ["evaluate", "score", "central_metrics"]
+__all__ = ["evaluate", "score", "central_metrics", "tile_field"]
 
 import json
 import time
@@ -35,23 +35,42 @@ from ..measure.stats import BLENDEDNESS_BINS, SNR_BINS, binned, summary
 _APERTURE_ARCSEC = 2.5
 
 
-def _tile_field(blends: list, gap: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
-    """Lay blends side by side (with ``gap`` empty pixels) in one field, one parent per blend."""
-    size = blends[0].image.shape[-1]
-    per_row = int(np.ceil(np.sqrt(len(blends))))
+def tile_field(images: list[np.ndarray], peaks: list[np.ndarray], gap: int,
+               footprints: list[np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list]:
+    """Lay equal-sized stamps side by side (``gap`` empty pixels apart) in one field, one parent each.
+
+    Parameters
+    ----------
+    images : `list` [`numpy.ndarray` (bands, s, s)]
+    peaks : `list` [`numpy.ndarray` (n_k, 2)]
+        Peaks (x, y) of each stamp, in its own pixels.
+    gap : `int`
+    footprints : `list` [`numpy.ndarray` (s, s) of `bool`], optional
+        Each stamp's footprint; the whole stamp by default.
+
+    Returns
+    -------
+    field, peaks, parents, labels, origins
+        The field (bands, h, w), all peaks in field pixels, each peak's parent label (k + 1), the label
+        image, and each stamp's (x0, y0).
+    """
+    size = images[0].shape[-1]
+    per_row = int(np.ceil(np.sqrt(len(images))))
     step = size + gap
-    rows = int(np.ceil(len(blends) / per_row))
-    field = np.zeros((blends[0].image.shape[0], rows * step, per_row * step), dtype=np.float32)
+    rows = int(np.ceil(len(images) / per_row))
+    field = np.zeros((images[0].shape[0], rows * step, per_row * step), dtype=np.float32)
     labels = np.zeros(field.shape[1:], dtype=np.int32)
-    peaks, parents, origins = [], [], []
-    for k, blend in enumerate(blends):
+    all_peaks, parents, origins = [], [], []
+    for k, image in enumerate(images):
         x0, y0 = (k % per_row) * step, (k // per_row) * step
-        field[:, y0:y0 + size, x0:x0 + size] = blend.image
-        labels[y0:y0 + size, x0:x0 + size] = k + 1
-        peaks.append(np.stack([blend.truth["x"] + x0, blend.truth["y"] + y0], axis=1))
-        parents.append(np.full(len(blend.truth["x"]), k + 1))
+        field[:, y0:y0 + size, x0:x0 + size] = image
+        own = k + 1 if footprints is None else np.where(footprints[k], k + 1, 0)
+        labels[y0:y0 + size, x0:x0 + size] = own
+        all_peaks.append(np.asarray(peaks[k], dtype=np.float64) + [x0, y0])
+        parents.append(np.full(len(peaks[k]), k + 1))
         origins.append((x0, y0))
-    return field, np.concatenate(peaks), np.concatenate(parents), labels, origins
+    return field, np.concatenate(all_peaks), np.concatenate(parents), labels, origins
 
 
 def central_metrics(model_r: np.ndarray, truth_r: np.ndarray, center: tuple[float, float]) -> dict:
@@ -149,7 +168,9 @@ def evaluate(weights: str, n: int, seed: int, out_dir: str | Path, preset: str =
     seconds = 0.0
     for lo in tqdm(range(0, n, chunk), desc="evaluate", unit="chunk", disable=not progress):
         blends = [maker.make(seed, i, split="test") for i in range(lo, min(n, lo + chunk))]
-        field, peaks, parents, labels, origins = _tile_field(blends, gap=deblender.stamp_size // 2 + 1)
+        field, peaks, parents, labels, origins = tile_field(
+            [b.image for b in blends], [np.stack([b.truth["x"], b.truth["y"]], axis=1) for b in blends],
+            gap=deblender.stamp_size // 2 + 1)
         start = time.perf_counter()
         children, _ = deblend_field(field, peaks, deblender, deblender.stamp_size, parents=parents,
                                     footprints=labels, config=deblend_config,
