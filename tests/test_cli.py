@@ -49,3 +49,10 @@ def test_help_lists_the_commands():
     bad = subprocess.run([str(BIN / "vae-deblend"), "simulate", "blends", "--n", "3", "--out", "x",
                           "--survey", "hsc"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_cli_preset_names_match_the_blend_presets():
+    from lsst.meas.extensions.vae.cli import BLEND_PRESET_NAMES
+    from lsst.meas.extensions.vae.sim.blend import BLEND_PRESETS
+
+    assert BLEND_PRESET_NAMES == tuple(BLEND_PRESETS)

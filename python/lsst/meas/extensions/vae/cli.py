@@ -14,6 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+# The names of `sim.blend.BLEND_PRESETS` (spelled out so that ``--help`` needs no GalSim import).
+BLEND_PRESET_NAMES = ("paper", "training", "anchor", "wide")
+
 
 def _add_common_simulation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, required=True, help="number of blends (or patches)")
@@ -39,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_simulation_arguments(blends)
     blends.add_argument("--split", default="train", choices=("train", "validation", "test"),
                         help="galaxy split: train, validation and test galaxies never overlap")
-    blends.add_argument("--preset", default="paper", choices=("paper", "training", "anchor"),
+    blends.add_argument("--preset", default="paper", choices=tuple(BLEND_PRESET_NAMES),
                         help="blend configuration preset (sim.blend.BLEND_PRESETS; default paper)")
     blends.add_argument("--stamp-size", type=int, default=None, help="stamp side in pixels (odd)")
     blends.add_argument("--max-galaxies", type=int, default=None, help="galaxies per blend, at most")
@@ -70,12 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--max-minutes", type=float, default=60.0, help="time budget of this run")
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--no-bf16", action="store_true", help="no bfloat16 autocast on the CPU")
+        t.add_argument("--conditioned", action="store_true",
+                       help="PSF- and noise-aware networks (model v3): each stamp's PSF and variance are inputs")
+        t.add_argument("--augment", action="store_true",
+                       help="random quarter turns and flips of every training stamp")
         t.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
         t.add_argument("--no-progress", action="store_true")
         if kind == "deblender":
             t.add_argument("--vae", default="runs/vae", help="folder of the trained VAE")
             t.add_argument("--init-encoder", default="",
                            help="a trained deblender's .safetensors to start the encoder from (fine-tuning)")
+            t.add_argument("--neighbour-jitter", type=float, default=0.0,
+                           help="pixels of noise on the neighbour peaks' positions in the neighbour map")
 
     bundle = commands.add_parser("bundle", help="write shipped weights from a trained VAE and deblender")
     bundle.add_argument("--vae", default="runs/vae")
@@ -91,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", default="lsst", help="shipped weights name or .safetensors path")
     evaluate.add_argument("--n", type=int, default=2000, help="test blends")
     evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--preset", default="paper", choices=("paper", "training", "anchor"),
+    evaluate.add_argument("--preset", default="paper", choices=tuple(BLEND_PRESET_NAMES),
                           help="how the test blends are built (sim.blend.BLEND_PRESETS)")
     evaluate.add_argument("--catalog", default=None, help="CatSim-format FITS catalogue (its test split)")
     evaluate.add_argument("--iterations", type=int, default=2, help="deblending passes")
@@ -112,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--deblenders", default=",".join(("vae", "vae-fit", "scarlet", "sep", "none")),
                        help="comma-separated, from vae, vae-fit, scarlet, sep, none (default: all)")
-    bench.add_argument("--preset", default="anchor", choices=("paper", "training", "anchor"),
+    bench.add_argument("--preset", default="anchor", choices=tuple(BLEND_PRESET_NAMES),
                        help="how the test blends are built (sim.blend.BLEND_PRESETS; default anchor)")
     bench.add_argument("--catalog", default=None, help="CatSim-format FITS catalogue (its test split)")
     bench.add_argument("--psf-fwhm", type=float, default=None,
@@ -238,7 +247,9 @@ def train_model(args: argparse.Namespace) -> dict:
         likelihood=args.likelihood, normalization=args.normalization, kl_weight=args.kl_weight,
         batch_size=args.batch_size, lr=args.lr, epoch_size=args.epoch_size, max_epochs=args.max_epochs,
         patience=args.patience, max_minutes=args.max_minutes, seed=args.seed, bf16=not args.no_bf16,
-        vae_weights=getattr(args, "vae", ""), init_encoder=getattr(args, "init_encoder", ""))
+        vae_weights=getattr(args, "vae", ""), init_encoder=getattr(args, "init_encoder", ""),
+        conditioned=args.conditioned, augment=args.augment,
+        neighbour_jitter=getattr(args, "neighbour_jitter", 0.0))
     command = "vae-deblend " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vae-deblend") else ""
     summary = train(config, resume=args.resume, command=command, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))

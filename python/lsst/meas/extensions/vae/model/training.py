@@ -86,7 +86,16 @@ class TrainConfig:
         Probability to hide each neighbour peak from the neighbour map (detection incompleteness);
         neighbours with SNR < 5 are always hidden.
     bf16 : `bool`
-        bfloat16 autocast on CPUs that support it (weights and loss stay float32).
+        bfloat16 autocast on CPUs that compute it in hardware (weights and loss stay float32).
+    conditioned : `bool`
+        Train the PSF- and noise-aware networks of model v3 (`networks.NetworkConfig.conditioned`; needs
+        the ``asinh`` normalisation): each stamp's PSF and variance from its shard are inputs.
+    augment : `bool`
+        Rotate each training stamp by a random multiple of 90 degrees and flip it at random (with its
+        target, PSF and neighbour map): the sky has no preferred orientation.
+    neighbour_jitter : `float`
+        Standard deviation (pixels) of the noise added to the neighbour peaks' positions in the
+        neighbour map (detected peaks are not exact).
     """
 
     kind: str = "vae"
@@ -108,6 +117,9 @@ class TrainConfig:
     init_encoder: str = ""
     neighbour_drop: float = 0.1
     bf16: bool = True
+    conditioned: bool = False
+    augment: bool = False
+    neighbour_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("vae", "deblender"):
@@ -120,6 +132,20 @@ class TrainConfig:
             raise ValueError("Training the deblender needs vae_weights (a trained VAE).")
         if self.init_encoder and self.kind != "deblender":
             raise ValueError("init_encoder is for the deblender.")
+        if self.conditioned and self.normalization != "asinh":
+            raise ValueError("The conditioned (PSF-aware) networks need the 'asinh' normalization.")
+
+
+def _fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere torch emulates it,
+    about 10 times slower than float32 (measured on an AVX2 EPYC, docs/model.md)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def default_device() -> torch.device:
@@ -193,18 +219,42 @@ class _Batches:
             epoch += 1
 
 
+def _dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """``array`` (..., h, w) rotated by ``k`` quarter turns, then flipped left-right if ``flip``."""
+    out = np.rot90(array, k, axes=(-2, -1))
+    return out[..., ::-1] if flip else out
+
+
 def _prepare(batch: dict, config: TrainConfig, rng: np.random.Generator, size: int) -> dict:
     sigma = np.sqrt(batch["variance"])[:, :, None, None]
     clean = batch["central"] if config.kind == "vae" else batch["noiseless"]
-    noisy = clean + rng.standard_normal(clean.shape, dtype=np.float32) * sigma
-    out = {"input": torch.from_numpy(noisy.astype(np.float32)),
-           "target": torch.from_numpy(batch["central"]),
-           "variance": torch.from_numpy(batch["variance"])}
+    target = batch["central"]
+    psf = batch["psf"]
+    maps = None
     if config.kind == "deblender":
         peaks = batch["neighbours"].copy()
         hidden = (peaks[..., 2] < 5.0) | (rng.random(peaks.shape[:2]) < config.neighbour_drop)
         peaks[hidden] = np.nan
-        out["neighbours"] = torch.from_numpy(neighbour_maps(peaks[..., :2], size))
+        if config.neighbour_jitter > 0:
+            peaks[..., :2] += rng.normal(0.0, config.neighbour_jitter, peaks[..., :2].shape)
+        maps = neighbour_maps(peaks[..., :2], size)
+    if config.augment:
+        # The same random rotation and flip for a stamp, its target, PSF and neighbour map.
+        turns = rng.integers(0, 4, len(clean))
+        flips = rng.random(len(clean)) < 0.5
+        arrays = [clean, target, psf] + ([maps] if maps is not None else [])
+        for j, array in enumerate(arrays):
+            arrays[j] = np.stack([_dihedral(a, int(k), bool(f)) for a, k, f in zip(array, turns, flips)])
+        clean, target, psf = arrays[:3]
+        if maps is not None:
+            maps = arrays[3]
+    noisy = clean + rng.standard_normal(clean.shape, dtype=np.float32) * sigma
+    out = {"input": torch.from_numpy(np.ascontiguousarray(noisy, dtype=np.float32)),
+           "target": torch.from_numpy(np.ascontiguousarray(target)),
+           "variance": torch.from_numpy(batch["variance"]),
+           "psf": torch.from_numpy(np.ascontiguousarray(psf, dtype=np.float32))}
+    if maps is not None:
+        out["neighbours"] = torch.from_numpy(np.ascontiguousarray(maps))
     return out
 
 
@@ -332,19 +382,25 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     device = default_device()
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
-    bf16 = config.bf16 and device.type == "cpu" and torch.backends.mkldnn.is_available()
+    bf16 = config.bf16 and device.type == "cpu" and _fast_bf16()
     train_data = BlendDataset(config.train_dir)
     val_data = BlendDataset(config.val_dir)
     size = train_data.image_shape[-1]
-    net_config = NetworkConfig(bands=tuple(train_data.bands), stamp_size=size, **PRESETS[config.preset])
+    net_config = NetworkConfig(bands=tuple(train_data.bands), stamp_size=size, conditioned=config.conditioned,
+                               **PRESETS[config.preset])
     data_config = train_data.config
 
     if config.kind == "vae":
-        if config.normalization == "asinh":
+        if config.normalization == "asinh" and config.conditioned:
+            # The full-depth noise: the blends' own noise varies with their depth.
+            norm = Normalization.asinh(data_config.get_survey().noise_sigma)
+        elif config.normalization == "asinh":
             norm = Normalization.asinh(np.sqrt(train_data.read(0, 1, truth=False)["variance"][0]))
         else:
             norm = Normalization.paper(_mean_max_pixel(train_data))
         model: torch.nn.Module = VAE(net_config)
+        if net_config.conditioned:
+            model.set_scales(norm.scales)
     else:
         vae, norm, _ = load_model(Path(config.vae_weights) / "best.safetensors", kind="vae")
         if vae.config != net_config:
@@ -386,11 +442,13 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
 
     def run(batch: dict, train_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
         x = batch["input"].to(device, memory_format=torch.channels_last)
+        conditions = {"psf": batch["psf"].to(device), "variance": batch["variance"].to(device)} \
+            if config.conditioned else {}
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if config.kind == "vae":
-                raw, mean, log_std = model(norm.forward(x), sample=train_mode)
+                raw, mean, log_std = model(norm.forward(x), sample=train_mode, **conditions)
             else:
-                raw, mean, log_std = model(norm.forward(x), batch["neighbours"].to(device))
+                raw, mean, log_std = model(norm.forward(x), batch["neighbours"].to(device), **conditions)
         raw = raw.float()
         recon = reconstruction_loss(raw, batch["target"].to(device), batch["variance"].to(device), norm,
                                     config.likelihood)

@@ -21,7 +21,8 @@ import numpy as np
 from ..measure.photometry import blendedness, snr
 from ..measure.shape import hsm_shapes
 from ..surveys import Survey, get_survey
-from .catalog import SPLITS, GalaxyCatalog, _draw, split_ident_offset
+from .catalog import SPLITS, GalaxyCatalog, _draw, draw_wide, split_ident_offset
+from .conditions import FULL_DEPTH_YEARS, Conditions, survey_conditions
 from .render import StampRenderer
 
 # Default stamp side, pixels: see docs/benchmarks.md ("Choosing the stamp size").
@@ -64,6 +65,16 @@ class BlendConfig:
         Override the FWHM (arcsec) of every band's PSF.
     reference_band : `str`
         Band of the truth shapes.
+    population : `str`
+        Galaxies of the built-in source: ``generator`` (the sky's published distributions) or ``wide``
+        (the wide training population, `catalog.draw_wide`).
+    psf_fwhm_range : `tuple` [`float`, `float`], optional
+        Draw each blend's PSF (`conditions.Conditions.draw`): the reference band's FWHM in this range
+        (arcsec; ``(x, x)`` fixes it).  None: the survey's PSFs.
+    psf_chromatic, psf_band_scatter, psf_moffat_fraction, psf_e_max : `float`
+        The other laws of a drawn PSF (`conditions.Conditions.draw`); used with ``psf_fwhm_range``.
+    years : `tuple` [`float`, `float`]
+        Depth range, years (log-uniform per blend; 10 is the survey's full depth).
     """
 
     survey: str = "lsst"
@@ -81,6 +92,13 @@ class BlendConfig:
     disk_hlr_range: tuple[float, float] | None = None
     psf_fwhm: float | None = None
     reference_band: str = "r"
+    population: str = "generator"
+    psf_fwhm_range: tuple[float, float] | None = None
+    psf_chromatic: float = 0.0
+    psf_band_scatter: float = 0.0
+    psf_moffat_fraction: float = 0.0
+    psf_e_max: float = 0.0
+    years: tuple[float, float] = (FULL_DEPTH_YEARS, FULL_DEPTH_YEARS)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_galaxies <= self.max_galaxies:
@@ -92,6 +110,21 @@ class BlendConfig:
             raise ValueError("central_mag_max must be fainter than mag_min.")
         if not 0.0 <= self.bright_neighbour_fraction <= 1.0:
             raise ValueError("bright_neighbour_fraction must be in [0, 1].")
+        if self.population not in ("generator", "wide"):
+            raise ValueError(f"population must be 'generator' or 'wide', got {self.population!r}.")
+        if self.psf_fwhm_range is not None and not 0 < self.psf_fwhm_range[0] <= self.psf_fwhm_range[1]:
+            raise ValueError(f"psf_fwhm_range must be (low, high) with 0 < low <= high, got "
+                             f"{self.psf_fwhm_range}.")
+        if not 0 < self.years[0] <= self.years[1]:
+            raise ValueError(f"years must be (low, high) with 0 < low <= high, got {self.years}.")
+        if self.psf_fwhm_range is None and (self.psf_chromatic or self.psf_band_scatter
+                                            or self.psf_moffat_fraction or self.psf_e_max):
+            raise ValueError("The PSF laws (psf_chromatic, ...) need psf_fwhm_range.")
+
+    @property
+    def draws_conditions(self) -> bool:
+        """Whether each blend draws its own PSFs and depth (else the survey's, at full depth)."""
+        return self.psf_fwhm_range is not None or self.years != (FULL_DEPTH_YEARS, FULL_DEPTH_YEARS)
 
     def get_survey(self) -> Survey:
         return get_survey(self.survey, self.psf_model, self.psf_fwhm)
@@ -113,10 +146,22 @@ class GalaxySource(Protocol):
 
 
 class GeneratedGalaxies:
-    """New galaxies from the built-in generator (`catalog.generate_catalog`'s distributions)."""
+    """New galaxies from the built-in generator (`catalog.generate_catalog`'s distributions).
+
+    Parameters
+    ----------
+    population : `str`
+        ``generator``: the sky's published distributions; ``wide``: the wide training population
+        (`catalog.draw_wide`).
+    """
+
+    def __init__(self, population: str = "generator") -> None:
+        self.population = population
 
     def draw(self, rng: np.random.Generator, n: int, mag_min: float, mag_max: float,
              disk_hlr_range: tuple[float, float] | None = None) -> GalaxyCatalog:
+        if self.population == "wide":
+            return self._draw_wide(rng, n, mag_min, mag_max, disk_hlr_range)
         parts, n_have = [], 0
         # The counts rise steeply: draw a few times more than needed and keep those in the range.
         while n_have < n:
@@ -126,6 +171,18 @@ class GeneratedGalaxies:
             if disk_hlr_range is not None:
                 keep &= (part.disk_hlr >= disk_hlr_range[0]) & (part.disk_hlr <= disk_hlr_range[1])
             part = part[keep]
+            parts.append(part)
+            n_have += len(part)
+        return GalaxyCatalog.concatenate(parts)[:n]
+
+    @staticmethod
+    def _draw_wide(rng: np.random.Generator, n: int, mag_min: float, mag_max: float,
+                   disk_hlr_range: tuple[float, float] | None) -> GalaxyCatalog:
+        parts, n_have = [], 0
+        while n_have < n:
+            part = draw_wide(rng, 2 * n + 8, mag_min, mag_max)
+            if disk_hlr_range is not None:
+                part = part[(part.disk_hlr >= disk_hlr_range[0]) & (part.disk_hlr <= disk_hlr_range[1])]
             parts.append(part)
             n_have += len(part)
         return GalaxyCatalog.concatenate(parts)[:n]
@@ -169,6 +226,14 @@ BLEND_PRESETS: dict[str, dict] = {
     "anchor": {"min_galaxies": 2, "max_galaxies": 4, "mag_min": 20.0, "mag_max": 25.5,
                "central_mag_max": 25.5, "central_brightest": False, "annulus": (0.5, 3.0),
                "max_shift": 0.0, "disk_hlr_range": (0.3, 1.5), "psf_fwhm": 0.70},
+    # The wide training sky of model v3 (issue 10; docs/model.md says what each choice is for): the wide
+    # galaxy population at r 16-27.5 (centred galaxies to 26.5), 0-6 neighbours 0.2-5" away, half of them
+    # as bright as a centred galaxy, the centre off by up to 2 pixels, and per-blend PSFs (Kolmogorov or
+    # Moffat, 0.5-1.2" in r, chromatic, scattered by band, slightly elliptical) and depths of 1-10 years.
+    "wide": {"population": "wide", "min_galaxies": 1, "max_galaxies": 7, "mag_min": 16.0, "mag_max": 27.5,
+             "central_mag_max": 26.5, "central_brightest": False, "bright_neighbour_fraction": 0.5,
+             "annulus": (0.2, 5.0), "max_shift": 0.4, "psf_fwhm_range": (0.5, 1.2), "psf_chromatic": 0.2,
+             "psf_band_scatter": 0.05, "psf_moffat_fraction": 0.5, "psf_e_max": 0.05, "years": (1.0, 10.0)},
 }
 
 # Per-galaxy truth: scalar fields, and per-band fields of shape (n, bands).
@@ -189,6 +254,8 @@ class Blend:
         Noise variance per pixel in each band.
     truth_images : `numpy.ndarray`, shape (n, bands, h, w), float32
         Noiseless image of every galaxy alone; the central galaxy first.
+    psf : `numpy.ndarray`, shape (bands, P, P), float32
+        Each band's PSF image (P = `conditions.PSF_IMAGE_SIZE`, centred, summing to 1).
     truth : `dict` [`str`, `numpy.ndarray`]
         Per-galaxy truth (`TRUTH_SCALAR_FIELDS`, `TRUTH_BAND_FIELDS`); positions ``x``, ``y`` are 0-based
         pixel coordinates in the reference band, ``dx``, ``dy`` offsets from the stamp centre in arcsec.
@@ -201,6 +268,7 @@ class Blend:
     truth_images: np.ndarray
     truth: dict[str, np.ndarray]
     galaxies: GalaxyCatalog
+    psf: np.ndarray | None = None
 
     @property
     def noiseless(self) -> np.ndarray:
@@ -220,12 +288,26 @@ class BlendMaker:
 
     def __init__(self, config: BlendConfig, source: GalaxySource | None = None) -> None:
         self.config = config
-        self.source = source or GeneratedGalaxies()
+        self.source = source or GeneratedGalaxies(config.population)
         self.survey = config.get_survey()
         self.renderer = StampRenderer(self.survey, config.stamp_size)
         self._ref = self.survey.band_names.index(config.reference_band)
         self._ref_scale = self.survey.bands[self._ref].pixel_scale
         self.variance = (self.survey.noise_sigma**2).astype(np.float32)
+        self._survey_conditions = survey_conditions(self.survey)
+        self._survey_psf = self._survey_conditions.psf_images(self.survey)
+
+    def conditions(self, seed: int, index: int, split: str = "train") -> Conditions:
+        """The observing conditions of blend ``index`` of the stream (seed, split), from their own stream."""
+        cfg = self.config
+        if not cfg.draws_conditions:
+            return self._survey_conditions
+        fixed = [b.psf_fwhm for b in self.survey.bands]
+        rng = np.random.default_rng([seed, SPLITS[split], index, 7])
+        return Conditions.draw(self.survey, rng, cfg.psf_fwhm_range or (fixed[self._ref],) * 2,
+                               psf_chromatic=cfg.psf_chromatic, psf_band_scatter=cfg.psf_band_scatter,
+                               psf_moffat_fraction=cfg.psf_moffat_fraction, psf_e_max=cfg.psf_e_max,
+                               years=cfg.years, reference_band=cfg.reference_band)
 
     def make(self, seed: int, index: int, split: str = "train",
              shear: tuple[float, float] | None = None) -> Blend:
@@ -260,24 +342,30 @@ class BlendMaker:
         dx = np.concatenate([[shift[0]], shift[0] + radius * np.cos(angle)])
         dy = np.concatenate([[shift[1]], shift[1] + radius * np.sin(angle)])
 
-        truth_images = self.renderer.render(galaxies, dx, dy, shear=shear)
+        conditions = self.conditions(seed, index, split)
+        drawn = conditions is not self._survey_conditions
+        truth_images = self.renderer.render(galaxies, dx, dy, shear=shear,
+                                            psfs=list(conditions.psfs) if drawn else None)
+        variance = conditions.variance.copy()
         # Zero the far wings (and FFT ringing) far below the noise: exact zeros compress on disk.
         sigma = np.sqrt(self.variance)[None, :, None, None]
         truth_images[np.abs(truth_images) < TRUTH_FLOOR * sigma] = 0.0
         noise = rng.standard_normal(truth_images.shape[1:], dtype=np.float32)
-        image = truth_images.sum(axis=0) + noise * np.sqrt(self.variance)[:, None, None]
-        return Blend(image=image, variance=self.variance.copy(), truth_images=truth_images,
-                     truth=self._truth(galaxies, dx, dy, truth_images, index), galaxies=galaxies)
+        image = truth_images.sum(axis=0) + noise * np.sqrt(variance)[:, None, None]
+        psf = conditions.psf_images(self.survey) if drawn else self._survey_psf.copy()
+        return Blend(image=image, variance=variance, truth_images=truth_images,
+                     truth=self._truth(galaxies, dx, dy, truth_images, index, variance), galaxies=galaxies,
+                     psf=psf)
 
     def _truth(self, galaxies: GalaxyCatalog, dx: np.ndarray, dy: np.ndarray, truth_images: np.ndarray,
-               index: int) -> dict[str, np.ndarray]:
+               index: int, variance: np.ndarray) -> dict[str, np.ndarray]:
         n = len(galaxies)
         centre = self.config.stamp_size // 2
         x = centre + dx / self._ref_scale
         y = centre + dy / self._ref_scale
         shapes = hsm_shapes(truth_images[:, self._ref], np.stack([x, y], axis=1))
         flux = self.renderer.band_fluxes(galaxies)
-        snr_band = snr(truth_images, self.variance[:, None, None])
+        snr_band = snr(truth_images, variance[:, None, None])
         blend_band = blendedness(truth_images)
         zeropoints = np.array([b.magnitude_zeropoint for b in self.survey.bands])
         return {

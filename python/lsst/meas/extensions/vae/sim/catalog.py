@@ -23,7 +23,7 @@ its own range (`split_ident_offset`).
 from __future__ import annotations
 
 __all__ = ["GalaxyCatalog", "generate_catalog", "SPLITS", "split_ident_offset", "cumulative_counts",
-           "galaxy_fraction_in_range"]
+           "galaxy_fraction_in_range", "draw_wide"]
 
 import dataclasses
 import functools
@@ -47,7 +47,8 @@ def split_ident_offset(split: str) -> int:
 
 
 _FIELDS = ("ident", "redshift", "mag", "bulge_fraction", "disk_hlr", "disk_q", "disk_beta", "disk_n",
-           "bulge_hlr", "bulge_q", "bulge_beta", "bulge_n")
+           "bulge_hlr", "bulge_q", "bulge_beta", "bulge_n", "knot_fraction", "knot_count", "knot_seed")
+_BAND_FIELDS = ("mag", "bulge_fraction", "knot_fraction")
 
 
 @dataclasses.dataclass
@@ -71,6 +72,14 @@ class GalaxyCatalog:
         Position angles, radians, counter-clockwise from the x axis.
     disk_n, bulge_n : `numpy.ndarray`
         Sersic indices (1 and 4 for the generator).
+    knot_fraction : `numpy.ndarray`, shape (n, len(ALL_BANDS)), optional
+        Share of the flux per band in star-forming knots (GalSim ``RandomKnots`` with the disk's
+        half-light radius and shape); the disk holds ``1 - bulge_fraction - knot_fraction``.  Zero by
+        default.
+    knot_count : `numpy.ndarray` of `int`, optional
+        Number of knots (0: none).
+    knot_seed : `numpy.ndarray` of `int`, optional
+        Seed of the knots' positions, so that a galaxy renders the same every time.
     """
 
     ident: np.ndarray
@@ -85,12 +94,21 @@ class GalaxyCatalog:
     bulge_q: np.ndarray
     bulge_beta: np.ndarray
     bulge_n: np.ndarray
+    knot_fraction: np.ndarray | None = None
+    knot_count: np.ndarray | None = None
+    knot_seed: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ident)
+        if self.knot_fraction is None:
+            self.knot_fraction = np.zeros((n, len(ALL_BANDS)))
+        if self.knot_count is None:
+            self.knot_count = np.zeros(n, dtype=np.int64)
+        if self.knot_seed is None:
+            self.knot_seed = np.zeros(n, dtype=np.int64)
         for name in _FIELDS:
             value = np.asarray(getattr(self, name))
-            expected = (n, len(ALL_BANDS)) if name in ("mag", "bulge_fraction") else (n,)
+            expected = (n, len(ALL_BANDS)) if name in _BAND_FIELDS else (n,)
             if value.shape != expected:
                 raise ValueError(f"GalaxyCatalog.{name} has shape {value.shape}, expected {expected}.")
             setattr(self, name, value)
@@ -269,3 +287,93 @@ def _draw(rng: np.random.Generator, n: int, i_min: float, i_max: float) -> Galax
         bulge_hlr=bulge_hlr, bulge_q=bulge_q, bulge_beta=beta.copy(), bulge_n=np.full(n, 4.0),
     )
 
+
+
+# --- The wide training population (issue 10) ------------------------------------------------------------
+#
+# Half of the galaxies follow the sky (the counts, the Miller et al. sizes and ellipticities, the
+# magnitude-dependent p(z)), half follow flattened priors, so that what is rare on the sky but matters most
+# as a neighbour (bright, large, elongated galaxies) is seen often in training.  Profiles mix the
+# generator's bulge + disk, single Sersic profiles of any index and clumpy disks with star-forming knots;
+# colours mix two templates of any kind.  docs/model.md says what each choice is for.
+WIDE_FLAT_FRACTION = 0.5
+WIDE_HLR_RANGE = (0.05, 3.0)  # arcsec, the flattened half: log-uniform
+WIDE_E_MAX = 0.8
+WIDE_SERSIC_RANGE = (0.5, 6.0)
+WIDE_REDSHIFT_RANGE = (0.02, 3.0)  # the flattened half: uniform
+# Profile kinds: bulge + disk, single Sersic, disk + knots (+ small bulge).
+WIDE_KIND_PROBABILITIES = (0.35, 0.40, 0.25)
+WIDE_KNOT_FRACTION_RANGE = (0.1, 0.6)  # of the disk's light
+WIDE_KNOT_COUNT_RANGE = (10, 40)
+_KNOT_TEMPLATE = SED_TEMPLATES.index("Im")
+
+
+def _mixed_template_flux(rng: np.random.Generator, redshift: np.ndarray, first: np.ndarray,
+                         second: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Per-band flux (i band = 1) of a mix ``weight * first + (1 - weight) * second`` of two templates."""
+    return (weight[:, None] * 10 ** (-0.4 * band_offsets(first, redshift))
+            + (1 - weight[:, None]) * 10 ** (-0.4 * band_offsets(second, redshift)))
+
+
+def draw_wide(rng: np.random.Generator, n: int, mag_min: float = 16.0, mag_max: float = 27.5) -> GalaxyCatalog:
+    """Draw ``n`` galaxies of the wide training population, r-band magnitudes in [mag_min, mag_max].
+
+    Parameters
+    ----------
+    rng : `numpy.random.Generator`
+        Random stream.
+    n : `int`
+        Number of galaxies.
+    mag_min, mag_max : `float`
+        r-band magnitude range.
+
+    Returns
+    -------
+    catalog : `GalaxyCatalog`
+        Idents are zero; the caller numbers them.
+    """
+    flat = rng.random(n) < WIDE_FLAT_FRACTION
+    r_mag = np.where(flat, rng.uniform(mag_min, mag_max, n),
+                     _sample_counts_magnitudes(rng, n, mag_min, mag_max))
+    redshift = np.where(flat, rng.uniform(*WIDE_REDSHIFT_RANGE, n), _sample_redshift(rng, r_mag))
+
+    e_disk = np.where(flat, rng.uniform(0.0, WIDE_E_MAX, n), _DISK_E(rng, n))
+    disk_q = _axis_ratio(e_disk)
+    bulge_q = _axis_ratio(np.where(flat, rng.uniform(0.0, 0.5, n), _BULGE_E(rng, n)))
+    hlr = np.where(flat, np.exp(rng.uniform(*np.log(WIDE_HLR_RANGE), n)),
+                   _sample_disk_hlr(rng, r_mag, disk_q))
+    hlr = np.clip(hlr, *WIDE_HLR_RANGE)
+    bulge_hlr = np.clip(hlr * np.exp(rng.normal(np.log(0.45), 0.5, n)), 0.03, WIDE_HLR_RANGE[1])
+    disk_beta = rng.uniform(0, np.pi, n)
+    # Bulges mostly share the disk's position angle, with some twist.
+    bulge_beta = disk_beta + rng.normal(0.0, 0.2, n)
+
+    kind = rng.choice(3, size=n, p=WIDE_KIND_PROBABILITIES)
+    disk_n = np.ones(n)
+    sersic = kind == 1
+    # Steps of 0.05 in index: GalSim caches its Sersic tables per index, and finer steps change nothing.
+    disk_n[sersic] = np.round(np.exp(rng.uniform(*np.log(WIDE_SERSIC_RANGE), int(sersic.sum()))) * 20) / 20
+    bt_i = np.where(kind == 0, rng.uniform(0.0, 1.0, n), np.where(kind == 2, rng.uniform(0.0, 0.3, n), 0.0))
+    knots = kind == 2
+    knot_i = np.where(knots, (1 - bt_i) * rng.uniform(*WIDE_KNOT_FRACTION_RANGE, n), 0.0)
+    knot_count = np.where(knots, rng.integers(*WIDE_KNOT_COUNT_RANGE, n, endpoint=True), 0)
+
+    n_templates = len(SED_TEMPLATES)
+    disk_sed = _mixed_template_flux(rng, redshift, rng.integers(0, n_templates, n),
+                                    rng.integers(0, n_templates, n), rng.random(n))
+    bulge_sed = _mixed_template_flux(rng, redshift, np.zeros(n, dtype=int), np.ones(n, dtype=int),
+                                     rng.uniform(0.6, 1.0, n))
+    knot_sed = 10 ** (-0.4 * band_offsets(np.full(n, _KNOT_TEMPLATE), redshift))
+    disk_flux = (1 - bt_i - knot_i)[:, None] * disk_sed
+    bulge_flux = bt_i[:, None] * bulge_sed
+    knot_flux = knot_i[:, None] * knot_sed
+    total = disk_flux + bulge_flux + knot_flux
+    mag = -2.5 * np.log10(total)
+    mag += (r_mag - mag[:, ALL_BANDS.index("r")])[:, None]
+    return GalaxyCatalog(
+        ident=np.zeros(n, dtype=np.int64), redshift=redshift, mag=mag, bulge_fraction=bulge_flux / total,
+        disk_hlr=hlr, disk_q=disk_q, disk_beta=disk_beta, disk_n=disk_n,
+        bulge_hlr=bulge_hlr, bulge_q=bulge_q, bulge_beta=bulge_beta, bulge_n=np.full(n, 4.0),
+        knot_fraction=knot_flux / total, knot_count=knot_count.astype(np.int64),
+        knot_seed=rng.integers(1, 2**31 - 1, n).astype(np.int64),
+    )

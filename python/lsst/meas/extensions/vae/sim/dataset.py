@@ -4,6 +4,8 @@ Layout of one shard (``shard-NNNNN.h5``):
 
 - ``image`` (n, bands, h, w) float32: noisy blends, electrons;
 - ``variance`` (n, bands) float32: noise variance per pixel;
+- ``psf`` (n, bands, P, P) float32: each blend's PSF images (`conditions.PSF_IMAGE_SIZE`; shards written
+  before model v3 lack it: the reader then gives the shard's survey PSFs);
 - ``n_galaxies`` (n,), ``galaxy_offset`` (n,): where each blend's galaxies start in the galaxy arrays;
 - ``truth_images`` (n_galaxies_total, bands, h, w) float32: each galaxy alone, noiseless, the central
   galaxy of each blend first;
@@ -32,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .blend import TRUTH_BAND_FIELDS, TRUTH_SCALAR_FIELDS, BlendConfig, BlendMaker, CatalogGalaxies
+from .conditions import psf_image
 
 DEFAULT_SHARD_SIZE = 1000
 _SHARD_MULTIPLE = 4
@@ -88,6 +91,8 @@ def _save_shard(path: str, blends: list, config: BlendConfig, seed: int, split: 
         f.attrs["catalog"] = catalog_path or ""
         f["image"] = np.stack([b.image for b in blends])
         f["variance"] = np.stack([b.variance for b in blends])
+        f.create_dataset("psf", data=np.stack([b.psf for b in blends]), compression="lzf",
+                         chunks=(min(64, len(blends)),) + blends[0].psf.shape)
         f["n_galaxies"] = n_gal
         f["galaxy_offset"] = np.concatenate([[0], np.cumsum(n_gal)[:-1]]).astype(np.int64)
         truth_images = np.concatenate([b.truth_images for b in blends])
@@ -165,14 +170,18 @@ def write_blends(out_dir: str | Path, n: int, seed: int, config: BlendConfig | N
     return [Path(t[0]) for t in tasks]
 
 
-def read_shard_config(path: str | Path) -> BlendConfig:
-    """The `BlendConfig` a shard was made with."""
-    with h5py.File(path, "r") as f:
-        values = json.loads(f.attrs["config"])
-    for key in ("annulus", "disk_hlr_range"):
+def _config_from_attrs(attrs) -> BlendConfig:
+    values = json.loads(attrs["config"])
+    for key in ("annulus", "disk_hlr_range", "psf_fwhm_range", "years"):
         if values.get(key) is not None:
             values[key] = tuple(values[key])
     return BlendConfig(**values)
+
+
+def read_shard_config(path: str | Path) -> BlendConfig:
+    """The `BlendConfig` a shard was made with."""
+    with h5py.File(path, "r") as f:
+        return _config_from_attrs(f.attrs)
 
 
 class BlendDataset:
@@ -210,6 +219,14 @@ class BlendDataset:
     def config(self) -> BlendConfig:
         return read_shard_config(self.paths[0])
 
+    def _psf(self, f: h5py.File, start: int, stop: int) -> np.ndarray:
+        if "psf" in f:
+            return f["psf"][start:stop]
+        # A shard from before per-blend PSFs: every blend has its survey's PSFs.
+        survey = _config_from_attrs(f.attrs).get_survey()
+        psf = np.stack([psf_image(b.make_psf(), b.pixel_scale) for b in survey.bands])
+        return np.broadcast_to(psf, (stop - start,) + psf.shape).copy()
+
     def _read_block(self, f: h5py.File, start: int, stop: int, truth: bool) -> dict[str, np.ndarray]:
         offsets = f["galaxy_offset"][start:stop]
         n_gal = f["n_galaxies"][start:stop]
@@ -224,6 +241,7 @@ class BlendDataset:
         batch = {
             "image": f["image"][start:stop],
             "variance": f["variance"][start:stop],
+            "psf": self._psf(f, start, stop),
             "n_galaxies": n_gal,
             "central": truth_images[local],
             "noiseless": np.add.reduceat(truth_images, local, axis=0),
@@ -241,7 +259,7 @@ class BlendDataset:
         Returns
         -------
         batch : `dict`
-            ``image``, ``variance``, ``n_galaxies``, ``central`` (noiseless central galaxy), ``noiseless``
+            ``image``, ``variance``, ``psf``, ``n_galaxies``, ``central`` (noiseless central galaxy), ``noiseless``
             (the noiseless blend), ``neighbours`` (x, y, SNR of the other galaxies, NaN-padded), and with
             ``truth``: ``truth_images`` (a list of per-blend arrays), ``truth`` (per-galaxy fields) and
             ``galaxy_offset`` (each blend's first galaxy in ``truth``).
@@ -278,7 +296,7 @@ class BlendDataset:
                   for s in range(0, size, block_size)]
         if shuffle:
             blocks = [blocks[i] for i in rng.permutation(len(blocks))]
-        keys = ("image", "variance", "n_galaxies", "central", "noiseless", "neighbours")
+        keys = ("image", "variance", "psf", "n_galaxies", "central", "noiseless", "neighbours")
         buffer: dict[str, list[np.ndarray]] = {key: [] for key in keys}
         buffered = 0
         handles: dict[int, h5py.File] = {}

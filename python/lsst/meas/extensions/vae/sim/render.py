@@ -31,6 +31,14 @@ _LIGHT_EXTENT_HLR = 6.0
 _FAST_FFT_SIZES = (32, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024)
 
 
+def _ladder_size(size: int, base: int) -> int:
+    """The smallest ``base * 2**k`` at least ``size``."""
+    side = base
+    while side < size:
+        side *= 2
+    return side
+
+
 def _fft_size(stamp_size: int, margin: int) -> int:
     for size in _FAST_FFT_SIZES:
         if size >= stamp_size + margin:
@@ -53,12 +61,14 @@ def galaxy_components(catalog: GalaxyCatalog, index: int) -> list[tuple[galsim.G
     Returns
     -------
     components : `list` of (`galsim.GSObject`, `numpy.ndarray`)
-        (profile, fraction per band of `ALL_BANDS`) for the disk and the bulge; components with no flux
-        in any band are left out.
+        (profile, fraction per band of `ALL_BANDS`) for the disk, the bulge and the knots (GalSim
+        ``RandomKnots`` with the disk's radius and shape); components with no flux in any band are left
+        out.
     """
     fb = catalog.bulge_fraction[index]
+    fk = catalog.knot_fraction[index]
     out = []
-    for name, fraction in (("disk", 1.0 - fb), ("bulge", fb)):
+    for name, fraction in (("disk", 1.0 - fb - fk), ("bulge", fb)):
         if not np.any(fraction > 0):
             continue
         profile = _sersic(float(getattr(catalog, f"{name}_n")[index]),
@@ -67,6 +77,14 @@ def galaxy_components(catalog: GalaxyCatalog, index: int) -> list[tuple[galsim.G
         if q < 1.0:
             profile = profile.shear(q=q, beta=float(getattr(catalog, f"{name}_beta")[index]) * galsim.radians)
         out.append((profile, fraction))
+    count = int(catalog.knot_count[index])
+    if count > 0 and np.any(fk > 0):
+        knots = galsim.RandomKnots(count, half_light_radius=float(catalog.disk_hlr[index]), flux=1.0,
+                                   rng=galsim.BaseDeviate(int(catalog.knot_seed[index])))
+        q = float(np.clip(catalog.disk_q[index], 0.05, 1.0))
+        if q < 1.0:
+            knots = knots.shear(q=q, beta=float(catalog.disk_beta[index]) * galsim.radians)
+        out.append((knots, fk))
     return out
 
 
@@ -81,7 +99,15 @@ class _PsfGroup:
     transfers: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def transfer(self, fft_size: int) -> np.ndarray:
-        """PSF x pixel transform on the centred (fold * fft_size)^2 grid, cached per size."""
+        """PSF x pixel transform on the centred (fold * fft_size)^2 grid, cached per size.
+
+        A grid half the side of a cached one has twice its frequency step: every other frequency of
+        the larger grid, exactly (the centre stays on a sample), so it is taken from there.
+        """
+        for size, cached in self.transfers.items():
+            ratio = size // fft_size
+            if size % fft_size == 0 and ratio > 1 and ratio & (ratio - 1) == 0:
+                return cached[::ratio, ::ratio]
         if fft_size not in self.transfers:
             full = self.fold * fft_size
             dk = 2 * math.pi / (fft_size * self.pixel_scale)
@@ -113,14 +139,20 @@ class StampRenderer:
         self.stamp_size = stamp_size
         self.fft_size = fft_size or _fft_size(stamp_size, 32)
         self._band_columns = np.array([ALL_BANDS.index(b) for b in survey.band_names])
-        self._groups: list[_PsfGroup] = []
-        keys: dict[tuple, int] = {}
-        for i, band in enumerate(survey.bands):
-            key = (band.pixel_scale, band.psf_kind, band.psf_fwhm, band.psf_beta)
-            if key not in keys:
-                keys[key] = len(self._groups)
-                self._groups.append(self._make_group(band.make_psf(), band.pixel_scale))
-            self._groups[keys[key]].band_indices.append(i)
+        self._groups = self._make_groups([band.make_psf() for band in survey.bands],
+                                         [(band.psf_kind, band.psf_fwhm, band.psf_beta) for band in survey.bands])
+
+    def _make_groups(self, psfs: list[galsim.GSObject], keys: list | None = None) -> list[_PsfGroup]:
+        """Group the bands by pixel scale and PSF (``keys`` identify equal PSFs; default: identity)."""
+        groups: list[_PsfGroup] = []
+        index: dict[tuple, int] = {}
+        for i, (band, psf) in enumerate(zip(self.survey.bands, psfs)):
+            key = (band.pixel_scale, keys[i] if keys is not None else id(psf))
+            if key not in index:
+                index[key] = len(groups)
+                groups.append(self._make_group(psf, band.pixel_scale))
+            groups[index[key]].band_indices.append(i)
+        return groups
 
     @staticmethod
     def _make_group(psf: galsim.GSObject, pixel_scale: float) -> _PsfGroup:
@@ -136,7 +168,8 @@ class StampRenderer:
         return np.stack([band.mag_to_electrons(mags[:, i]) for i, band in enumerate(self.survey.bands)], 1)
 
     def render(self, catalog: GalaxyCatalog, dx: np.ndarray, dy: np.ndarray,
-               shear: tuple[float, float] | None = None) -> np.ndarray:
+               shear: tuple[float, float] | None = None,
+               psfs: list[galsim.GSObject] | None = None) -> np.ndarray:
         """Draw every galaxy of ``catalog`` alone in its own stamp.
 
         Parameters
@@ -148,33 +181,54 @@ class StampRenderer:
         shear : `tuple` [`float`, `float`], optional
             Reduced shear (g1, g2) applied to every galaxy's light profile before the PSF (its position
             is not moved), as a lensing shear acts on shapes.
+        psfs : `list` [`galsim.GSObject`], optional
+            One PSF per survey band (flux 1, arcsec), for this call only (a blend's own observing
+            conditions); the survey's PSFs by default.
 
         Returns
         -------
         images : `numpy.ndarray`, shape (n, bands, stamp_size, stamp_size), float32
             Noiseless images in electrons.
         """
+        if psfs is not None and len(psfs) != len(self.survey.bands):
+            raise ValueError(f"Need one PSF per band ({len(self.survey.bands)}), got {len(psfs)}.")
+        groups = self._groups if psfs is None else self._make_groups(list(psfs))
         n = len(catalog)
         size = self.stamp_size
         fluxes = self.band_fluxes(catalog)
         images = np.zeros((n, len(self.survey.bands), size, size), dtype=np.float32)
+        # Grid side of every galaxy in every group: it must hold the galaxy's light without wrapping it
+        # back into the stamp.
+        extent = (_LIGHT_EXTENT_HLR * np.maximum(catalog.disk_hlr, catalog.bulge_hlr) + np.hypot(dx, dy))
+        sides = np.array([[max(self.fft_size, _fft_size(int(_MIN_FFT_ARCSEC / group.pixel_scale), 0),
+                               _fft_size(size, int(e / group.pixel_scale))) for group in groups]
+                          for e in extent], dtype=int).reshape(n, len(groups))
+        if psfs is not None:
+            # Sides on a doubling ladder, largest transform first: the others are its sub-grids.
+            sides = np.array([[_ladder_size(m, self.fft_size) for m in row] for row in sides],
+                             dtype=int).reshape(n, len(groups))
+            for j, group in enumerate(groups):
+                if n:
+                    group.transfer(int(sides[:, j].max()))
         for g in range(n):
             components = galaxy_components(catalog, g)
-            extent = (_LIGHT_EXTENT_HLR * max(catalog.disk_hlr[g], catalog.bulge_hlr[g])
-                      + math.hypot(dx[g], dy[g]))
-            for group in self._groups:
-                # The grid must hold the galaxy's light without wrapping it back into the stamp.
-                m = max(self.fft_size, _fft_size(int(_MIN_FFT_ARCSEC / group.pixel_scale), 0),
-                        _fft_size(size, int(extent / group.pixel_scale)))
+            if shear is not None:
+                components = [(p.shear(g1=float(shear[0]), g2=float(shear[1])), f) for p, f in components]
+            components = [(p.shift(float(dx[g]), float(dy[g])), f) for p, f in components]
+            # The galaxy's transform depends on the grid only: draw it once for all the PSF groups on it.
+            kimages: dict[tuple, list[np.ndarray]] = {}
+            for j, group in enumerate(groups):
+                m = int(sides[g, j])
                 transfer = group.transfer(m)
                 lo = m // 2 - size // 2
                 dk = 2 * math.pi / (m * group.pixel_scale)
                 full = group.fold * m
-                for profile, fraction in components:
-                    if shear is not None:
-                        profile = profile.shear(g1=float(shear[0]), g2=float(shear[1]))
-                    kimage = profile.shift(float(dx[g]), float(dy[g])).drawKImage(nx=full, ny=full, scale=dk)
-                    spectrum = kimage.array * transfer
+                key = (full, dk)
+                if key not in kimages:
+                    kimages[key] = [profile.drawKImage(nx=full, ny=full, scale=dk).array
+                                    for profile, _ in components]
+                for kimage, (_, fraction) in zip(kimages[key], components):
+                    spectrum = kimage * transfer
                     if group.fold > 1:
                         spectrum = spectrum.reshape(group.fold, m, group.fold, m).sum(axis=(0, 2))
                     half = np.fft.ifftshift(spectrum)[:, : m // 2 + 1]
