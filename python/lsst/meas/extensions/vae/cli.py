@@ -277,8 +277,9 @@ def bundle_weights(args: argparse.Namespace) -> None:
                 keys = ("n", "seed", "split", "config")
                 extra[f"{name}_{split}_data"] = json.dumps({k: info[k] for k in keys if k in info})
                 extra.setdefault("data_seed", str(info.get("seed")))
-    if deb_meta.get("data_config"):
-        extra["data_config"] = deb_meta["data_config"]
+    for key in ("data_config", "trained_over"):
+        if deb_meta.get(key):
+            extra[key] = deb_meta[key]
     latent_data = args.latent_data or json.loads(vae_meta.get("train_config") or "{}").get("train_dir")
     if latent_data:
         from .model.latents import latent_spread

@@ -272,11 +272,43 @@ class _ParentViews:
             paste_stamp(pixels, model, (center[0] - x0, center[1] - y0), -1.0)
 
 
+class _StampConditions:
+    """The PSF images and noise variance of every peak's stamp, for models that take them."""
+
+    def __init__(self, model, clean: np.ndarray, footprints: np.ndarray, bad: np.ndarray | None,
+                 variance: np.ndarray | None, psf: np.ndarray | None, n: int) -> None:
+        self.active = bool(getattr(model, "conditioned", False))
+        self.variance = variance
+        self.psf = None
+        if not self.active:
+            return
+        if psf is None:
+            raise ValueError("These weights are PSF-aware (model v3): deblending needs the PSF images "
+                             "(psf=..., (bands, p, p) or one set per peak).")
+        bands = clean.shape[0]
+        psf = np.asarray(psf, dtype=np.float32)
+        if psf.ndim == 3:
+            psf = np.broadcast_to(psf, (n,) + psf.shape)
+        if psf.ndim != 4 or psf.shape[:2] != (n, bands):
+            raise ValueError(f"PSF images of shape {psf.shape} fit neither (bands, p, p) nor ({n}, {bands}, "
+                             "p, p).")
+        self.psf = psf
+        if self.variance is None:
+            self.variance = estimate_variance(clean, footprints, bad)
+        self.variance = np.asarray(self.variance, dtype=np.float32).reshape(bands)
+
+    def __call__(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        """Keyword arguments of the model call for the stamps of peaks ``idx``."""
+        if not self.active:
+            return {}
+        return {"psf": self.psf[idx], "variance": np.broadcast_to(self.variance, (len(idx),) + self.variance.shape)}
+
+
 def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp_size: int,
                   parents: np.ndarray | None = None, footprints: np.ndarray | None = None,
                   bad: np.ndarray | None = None, config: DeblendConfig = DeblendConfig(),
-                  max_neighbours: int = 8, variance: np.ndarray | None = None
-                  ) -> tuple[list[Child], list[Parent]]:
+                  max_neighbours: int = 8, variance: np.ndarray | None = None,
+                  psf: np.ndarray | None = None) -> tuple[list[Child], list[Parent]]:
     """Deblend every parent of a field.
 
     Each parent is deblended on its own view of the image, where the pixels of other parents' footprints
@@ -306,8 +338,12 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
     max_neighbours : `int`
         Most neighbour peaks given to the network per stamp.
     variance : `numpy.ndarray` (bands,), optional
-        Noise variance per band, for the latent fit; estimated from the pixels outside the footprints
-        when not given.
+        Noise variance per band, for the latent fit and the PSF- and noise-aware networks; estimated from
+        the pixels outside the footprints when not given.
+    psf : `numpy.ndarray` (bands, p, p) or (n, bands, p, p), optional
+        Each band's PSF image (p odd, centred, summing to 1), for the whole image or at every peak;
+        needed by PSF-aware weights (``model.conditioned``), and checked against the range the other
+        weights were trained on.
 
     Returns
     -------
@@ -348,6 +384,9 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
     for members in active_groups:
         wave[members] = _waves(centers[members], brightness[members], stamp_size)
 
+    conditions = _StampConditions(model, clean, footprints, bad, variance, psf, n)
+    if conditions.active:
+        variance = conditions.variance
     models = np.zeros((n, image.shape[0], stamp_size, stamp_size), dtype=np.float32)
     edge = ~inside
     masked = np.zeros(n, dtype=bool)
@@ -358,7 +397,7 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
     for r in range(int(wave.max()) + 1 if len(active) else 0):
         idx = np.flatnonzero(wave == r)
         stamps = np.stack([views.stamp(i, tuple(centers[i]), stamp_size) for i in idx])
-        models[idx], _ = model(stamps, neighbours[idx], 0)
+        models[idx], _ = model(stamps, neighbours[idx], 0, **conditions(idx))
         for i in idx:
             views.subtract(i, models[i], tuple(centers[i]))
 
@@ -396,22 +435,24 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
         stamps = np.stack([views.stamp(i, tuple(centers[i]), stamp_size, models[i]) for i in active]) \
             if len(active) else models[:0]
         if last and config.fit_steps > 0:
-            codes = model.encode(stamps, neighbours[active])
-        models[active], flux_std_active = model(stamps, neighbours[active], config.n_samples if last else 0)
+            codes = model.encode(stamps, neighbours[active], **conditions(active))
+        models[active], flux_std_active = model(stamps, neighbours[active], config.n_samples if last else 0,
+                                                **conditions(active))
         if last and flux_std_active is not None:
             flux_std = np.full((n, image.shape[0]), np.nan, dtype=np.float32)
             flux_std[active] = flux_std_active
         del stamps
     if config.n_samples and config.iterations <= 1 and len(active):  # one pass: sample on its residual
         stamps = np.stack([views.stamp(i, tuple(centers[i]), stamp_size, models[i]) for i in active])
-        models[active], flux_std_active = model(stamps, neighbours[active], config.n_samples)
+        models[active], flux_std_active = model(stamps, neighbours[active], config.n_samples,
+                                                **conditions(active))
         flux_std = np.full((n, image.shape[0]), np.nan, dtype=np.float32)
         flux_std[active] = flux_std_active
     del views
 
     if config.fit_steps > 0 and len(active):
         models[active] = _fit(model, clean, bad, footprints, variance, centers, labels, neighbours, models,
-                              codes, active_groups, stamp_size, config)
+                              codes, active_groups, stamp_size, config, conditions)
     for i in active:
         edge[i] = cut_stamp(clean[:1], tuple(centers[i]), stamp_size)[1]
         if bad is not None:
@@ -441,7 +482,7 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
 def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarray,
          variance: np.ndarray | None, centers: np.ndarray, labels: np.ndarray, neighbours: np.ndarray,
          models: np.ndarray, codes: np.ndarray | None, active_groups: list[np.ndarray], stamp_size: int,
-         config: DeblendConfig) -> np.ndarray:
+         config: DeblendConfig, conditions: _StampConditions) -> np.ndarray:
     """The joint latent fit of every parent's galaxies (the peaks on the image, by parent), starting from
     the encoder's ``codes`` of their ``models`` (encoded here when `None`); returns the fitted models of
     the peaks on the image, in increasing index order."""
@@ -451,7 +492,7 @@ def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarra
         for i in active:
             views.subtract(i, models[i], tuple(centers[i]))
         stamps = np.stack([views.stamp(i, tuple(centers[i]), stamp_size, models[i]) for i in active])
-        codes = model.encode(stamps, neighbours[active])
+        codes = model.encode(stamps, neighbours[active], **conditions(active))
         del stamps, views
     if variance is None:
         variance = estimate_variance(clean, footprints, bad)
@@ -462,7 +503,7 @@ def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarra
                             amplitude_sigma=config.fit_amplitude_sigma,
                             latent_scale=getattr(model, "latent_scale", None),
                             device=getattr(model, "device", "cpu"),
-                            footprints=footprints)
+                            footprints=footprints, psf=conditions(active).get("psf"))
     return fitted
 
 

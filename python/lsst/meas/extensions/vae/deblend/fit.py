@@ -95,8 +95,8 @@ def fit_latents(image: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray
                 stamp_size: int, steps: int = 60, learning_rate: float = 0.1, prior_weight: float = 1.0,
                 amplitude_sigma: float = 0.0, latent_scale: np.ndarray | None = None,
                 device: torch.device | str = "cpu", max_pixels: int = 2_000_000, max_galaxies: int = 512,
-                progress: bool = False, footprints: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+                progress: bool = False, footprints: np.ndarray | None = None,
+                psf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Fit the latent codes of every parent's galaxies jointly to the image.
 
     Parameters
@@ -137,6 +137,8 @@ def fit_latents(image: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray
     footprints : `numpy.ndarray` (h, w) of `int`, optional
         Parent label of every pixel: pixels of other parents' footprints are left out of each parent's
         fit (all pixels count when not given).
+    psf : `numpy.ndarray` (n, bands, p, p), optional
+        Each galaxy's PSF images, for a PSF-aware decoder: ``decode(z, psf)``.
 
     Returns
     -------
@@ -200,8 +202,12 @@ def fit_latents(image: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray
         free = amplitude_sigma > 0
         optimizer = torch.optim.Adam([step, log_amplitude] if free else [step], lr=learning_rate)
 
+        psf_t = None if psf is None else torch.from_numpy(np.ascontiguousarray(psf[members],
+                                                                                dtype=np.float32)).to(device)
+
         def render(z: torch.Tensor) -> torch.Tensor:
-            return decode(z) * torch.exp(log_amplitude) if free else decode(z)
+            model = decode(z) if psf_t is None else decode(z, psf_t)
+            return model * torch.exp(log_amplitude) if free else model
 
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)

@@ -6,6 +6,7 @@ __all__ = ["VaeDeblender", "load_deblender"]
 
 import functools
 import json
+import logging
 
 import numpy as np
 import torch
@@ -24,6 +25,17 @@ from ..model.weights import load_bundle, shipped_weights_path
 # on the batch's length, and the elements at the end of each thread's share take a scalar path that
 # rounds differently (1 ulp).
 BATCH_MULTIPLE = 4
+# An input's PSF width or depth this far (relative) outside the training range is reported.
+_RANGE_TOLERANCE = 0.1
+_log = logging.getLogger("lsst.meas.extensions.vae")
+
+
+def psf_fwhm_pixels(psf: np.ndarray) -> np.ndarray:
+    """FWHM (pixels) of PSF images (..., p, p): the diameter of the disc with the area above half the peak."""
+    psf = np.asarray(psf, dtype=np.float64)
+    peak = psf.max(axis=(-2, -1), keepdims=True)
+    area = (psf >= 0.5 * peak).sum(axis=(-2, -1))
+    return 2.0 * np.sqrt(area / np.pi)
 
 
 class VaeDeblender:
@@ -61,9 +73,62 @@ class VaeDeblender:
         # bundled before it was stored).
         spread = self.metadata.get("latent_spread")
         self.latent_scale = np.array(json.loads(spread), dtype=np.float32) if spread else None
+        self.conditioned = self.vae.config.conditioned
+        self.psf_size = self.vae.config.psf_size
+        self._trained_over = _training_range(self.metadata)
+        self._reported: set[str] = set()
+
+    def _conditions(self, n: int, psf: np.ndarray | None, variance: np.ndarray | None
+                    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per-stamp PSF images (n, bands, p, p) and variances (n, bands) for a conditioned network."""
+        if not self.conditioned:
+            if psf is not None and variance is not None:
+                self._report_range(np.asarray(psf, dtype=np.float32).reshape((-1,) + np.shape(psf)[-3:]),
+                                   np.asarray(variance, dtype=np.float32).reshape(-1, len(self.bands)))
+            return None, None
+        if psf is None or variance is None:
+            raise ValueError("These weights are PSF- and noise-aware (model v3): give the PSF images and the "
+                             "noise variance of the stamps (psf=..., variance=...).")
+        bands = len(self.bands)
+        psf = np.asarray(psf, dtype=np.float32)
+        variance = np.asarray(variance, dtype=np.float32)
+        if psf.ndim == 3:
+            psf = np.broadcast_to(psf, (n,) + psf.shape)
+        if variance.ndim == 1:
+            variance = np.broadcast_to(variance, (n, bands))
+        if psf.shape[:2] != (n, bands) or psf.shape[-1] != psf.shape[-2] or psf.shape[-1] % 2 == 0:
+            raise ValueError(f"PSF images of shape {psf.shape} do not fit {n} stamps of {bands} bands "
+                             "(odd square images, one per band).")
+        if variance.shape != (n, bands) or not np.all(np.isfinite(variance) & (variance > 0)):
+            raise ValueError(f"The noise variance must be positive and finite, shape ({n}, {bands}) or "
+                             f"({bands},); got shape {variance.shape}.")
+        self._report_range(psf, variance)
+        return psf, variance
+
+    def _report_range(self, psf: np.ndarray, variance: np.ndarray) -> None:
+        """Log (once per kind) inputs outside the PSF widths and depths the weights were trained over."""
+        if self._trained_over is None:
+            return
+        (fwhm_low, fwhm_high), (var_low, var_high), ref = self._trained_over
+        fwhm = psf_fwhm_pixels(psf[:, ref])
+        depth = variance[:, ref]
+        checks = {
+            "psf": (fwhm.min() < fwhm_low * (1 - _RANGE_TOLERANCE) or fwhm.max() > fwhm_high * (1 + _RANGE_TOLERANCE),
+                    f"PSF FWHM {fwhm.min():.2f}-{fwhm.max():.2f} px in {self.bands[ref]}, trained over "
+                    f"{fwhm_low:.2f}-{fwhm_high:.2f} px"),
+            "depth": (depth.min() < var_low * (1 - _RANGE_TOLERANCE) or depth.max() > var_high * (1 + _RANGE_TOLERANCE),
+                      f"noise variance {depth.min():.4g}-{depth.max():.4g} in {self.bands[ref]}, trained over "
+                      f"{var_low:.4g}-{var_high:.4g}"),
+        }
+        for kind, (outside, text) in checks.items():
+            if outside and kind not in self._reported:
+                self._reported.add(kind)
+                _log.warning("Input outside what the deblender's weights were trained on: %s; its models "
+                             "there are extrapolations (docs/model.md).", text)
 
     @torch.no_grad()
-    def __call__(self, stamps: np.ndarray, neighbours: np.ndarray, n_samples: int = 0, seed: int = 0
+    def __call__(self, stamps: np.ndarray, neighbours: np.ndarray, n_samples: int = 0, seed: int = 0,
+                 psf: np.ndarray | None = None, variance: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray | None]:
         """Model of the galaxy at the centre of each stamp.
 
@@ -78,6 +143,11 @@ class VaeDeblender:
             standard deviation of the model flux (an epistemic uncertainty).
         seed : `int`
             Seed of the latent samples.
+        psf : `numpy.ndarray`, (n, bands, p, p) or (bands, p, p), optional
+            PSF image of each band at each stamp (p odd, centred), or one set for all; needed by
+            PSF-aware weights (``conditioned``), ignored by the others.
+        variance : `numpy.ndarray`, (n, bands) or (bands,), optional
+            Noise variance per pixel, electrons^2; needed by PSF-aware weights, ignored by the others.
 
         Returns
         -------
@@ -93,25 +163,32 @@ class VaeDeblender:
         models = np.zeros(stamps.shape, dtype=np.float32)
         flux_std = np.zeros((n, len(self.bands)), dtype=np.float32) if n_samples else None
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        psf, variance = self._conditions(n, psf, variance)
         for lo in range(0, n, self.batch_size):
             hi = min(n, lo + self.batch_size)
-            mean, log_std = self._encode_batch(stamps[lo:hi], neighbours[lo:hi])
-            models[lo:hi] = self.decode(mean).cpu().numpy()
+            psf_batch = self._psf_tensor(psf, lo, hi)
+            mean, log_std = self._encode_batch(stamps[lo:hi], neighbours[lo:hi], psf_batch,
+                                               None if variance is None else variance[lo:hi])
+            models[lo:hi] = self.decode(mean, psf_batch).cpu().numpy()
             if n_samples:
                 fluxes = []
                 for _ in range(n_samples):
                     eps = torch.randn(mean.shape, generator=generator, device=self.device)
-                    fluxes.append(self.decode(mean + eps * log_std.exp()).sum(dim=(2, 3)))
+                    fluxes.append(self.decode(mean + eps * log_std.exp(), psf_batch).sum(dim=(2, 3)))
                 flux_std[lo:hi] = torch.stack(fluxes).std(dim=0).cpu().numpy()
         return models, flux_std
 
     @torch.no_grad()
-    def encode(self, stamps: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-        """The encoder's latent code (the mean) of the galaxy at the centre of each stamp, (n, latent)."""
+    def encode(self, stamps: np.ndarray, neighbours: np.ndarray, psf: np.ndarray | None = None,
+               variance: np.ndarray | None = None) -> np.ndarray:
+        """The encoder's latent code (the mean) of the galaxy at the centre of each stamp, (n, latent);
+        ``psf`` and ``variance`` as for `__call__`."""
         codes = []
+        psf, variance = self._conditions(len(stamps), psf, variance)
         for lo in range(0, len(stamps), self.batch_size):
             hi = min(len(stamps), lo + self.batch_size)
-            codes.append(self._encode_batch(stamps[lo:hi], neighbours[lo:hi])[0].cpu().numpy())
+            codes.append(self._encode_batch(stamps[lo:hi], neighbours[lo:hi], self._psf_tensor(psf, lo, hi),
+                                            None if variance is None else variance[lo:hi])[0].cpu().numpy())
         return (np.concatenate(codes) if codes
                 else np.zeros((0, self.vae.config.latent), dtype=np.float32))
 
@@ -127,18 +204,52 @@ class VaeDeblender:
             return function(x)
         return torch.cat([function(x[lo: lo + BATCH_MULTIPLE]) for lo in range(0, len(x), BATCH_MULTIPLE)])
 
-    def _encode_batch(self, stamps: np.ndarray, neighbours: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _psf_tensor(self, psf: np.ndarray | None, lo: int, hi: int) -> torch.Tensor | None:
+        """The PSF images of stamps ``lo:hi`` on the device, or `None` for weights without PSF input."""
+        if psf is None:
+            return None
+        return torch.from_numpy(np.ascontiguousarray(psf[lo:hi], dtype=np.float32)).to(self.device)
+
+    def _encode_batch(self, stamps: np.ndarray, neighbours: np.ndarray, psf: torch.Tensor | None = None,
+                      variance: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-std of the latent distribution for one batch of stamps (electrons)."""
         x = self._padded(torch.from_numpy(np.ascontiguousarray(stamps, dtype=np.float32))).to(self.device)
         maps = self._padded(torch.from_numpy(neighbour_maps(neighbours, self.stamp_size))).to(self.device)
         x = self._in_chunks(self.norm.forward, x).contiguous(memory_format=torch.channels_last)
+        if self.conditioned:
+            variance_t = self._padded(torch.from_numpy(np.ascontiguousarray(variance, dtype=np.float32)))
+            psf_padded = self._padded_psf(psf)
+            x = self.deblender.encoder_input(x, psf_padded, variance_t.to(self.device))
         mean, log_std = self.deblender.encoder(torch.cat([x, maps], dim=1))
         return mean[: len(stamps)], log_std[: len(stamps)]
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Models in electrons from latent codes (on this deblender's device), differentiable in ``z``."""
-        raw = self.deblender.decoder(self._padded(z))
+    def _padded_psf(self, psf: torch.Tensor) -> torch.Tensor:
+        """PSF images padded like the stamps (the padding rows get a copy of the first PSF: any valid PSF)."""
+        extra = -len(psf) % BATCH_MULTIPLE if self._exact else 0
+        return torch.cat([psf, psf[:1].expand((extra,) + tuple(psf.shape[1:]))]) if extra else psf
+
+    def decode(self, z: torch.Tensor, psf: torch.Tensor | None = None) -> torch.Tensor:
+        """Models in electrons from latent codes (on this deblender's device), differentiable in ``z``;
+        PSF-aware weights need each code's PSF images (len(z), bands, p, p)."""
+        if self.conditioned:
+            if psf is None:
+                raise ValueError("These weights are PSF-aware: decode needs each code's PSF images.")
+            raw = self.deblender.decoder(self._padded(z), self._padded_psf(psf))
+        else:
+            raw = self.deblender.decoder(self._padded(z))
         return self._in_chunks(lambda r: self.norm.inverse(network_output(r, self.likelihood)), raw)[: len(z)]
+
+
+def _training_range(metadata: dict[str, str]
+                    ) -> tuple[tuple[float, float], tuple[float, float], int] | None:
+    """PSF FWHM (pixels) and noise variance ranges of the reference band that the weights were trained
+    over (their ``trained_over`` metadata; None for weights bundled before it was recorded)."""
+    text = metadata.get("trained_over", "")
+    if not text:
+        return None
+    values = json.loads(text)
+    ref = list(json.loads(metadata["bands"])).index(values["reference_band"])
+    return tuple(values["psf_fwhm_pixels"]), tuple(values["variance"]), ref
 
 
 def load_deblender(weights: str = "lsst", device: str | None = None, batch_size: int = 256,

@@ -46,7 +46,9 @@ def latent_spread(vae: VAE, norm: Normalization, dataset: BlendDataset, n: int =
             central = batch["central"]
             sigma = np.sqrt(batch["variance"]).astype(np.float32)[:, :, None, None]
             noisy = central + rng.standard_normal(central.shape, dtype=np.float32) * sigma
-            codes.append(vae.encoder(norm.forward(torch.from_numpy(noisy)))[0].float().numpy())
+            x = vae.encoder_input(norm.forward(torch.from_numpy(noisy)), torch.from_numpy(batch["psf"]),
+                                  torch.from_numpy(batch["variance"]))
+            codes.append(vae.encoder(x)[0].float().numpy())
             bar.update(hi - lo)
             lo = hi
     return np.concatenate(codes).astype(np.float64).std(axis=0)

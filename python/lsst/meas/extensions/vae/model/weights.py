@@ -11,7 +11,7 @@ what the caller asks for and fails with a clear message when they differ.
 from __future__ import annotations
 
 __all__ = ["save_model", "load_model", "save_bundle", "load_bundle", "shipped_weights_path",
-           "WeightsMismatchError", "read_metadata"]
+           "WeightsMismatchError", "read_metadata", "trained_over"]
 
 import dataclasses
 import hashlib
@@ -54,12 +54,27 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def trained_over(data_config) -> dict:
+    """What a network trained on blends of ``data_config`` (a `sim.blend.BlendConfig`) has seen in its
+    reference band: the PSF FWHM range in pixels and the noise variance range per pixel."""
+    from ..sim.conditions import FULL_DEPTH_YEARS
+
+    survey = data_config.get_survey()
+    band = survey.band(data_config.reference_band)
+    fwhm = data_config.psf_fwhm_range or (band.psf_fwhm, band.psf_fwhm)
+    variance = sorted(band.noise_sigma**2 * FULL_DEPTH_YEARS / y for y in data_config.years)
+    return {"reference_band": data_config.reference_band,
+            "psf_fwhm_pixels": [fwhm[0] / band.pixel_scale, fwhm[1] / band.pixel_scale],
+            "variance": [float(v) for v in variance]}
+
+
 def _metadata(config: NetworkConfig, norm: Normalization, kind: str, likelihood: str, data_config,
               extra: dict | None) -> dict[str, str]:
     meta = {"format_version": FORMAT_VERSION, "kind": kind, "bands": json.dumps(list(config.bands)),
             "stamp_size": str(config.stamp_size), "network": json.dumps(dataclasses.asdict(config)),
             "normalization": norm.to_json(), "likelihood": likelihood,
-            "data_config": json.dumps(dataclasses.asdict(data_config)) if data_config is not None else ""}
+            "data_config": json.dumps(dataclasses.asdict(data_config)) if data_config is not None else "",
+            "trained_over": json.dumps(trained_over(data_config)) if data_config is not None else ""}
     meta.update({k: str(v) for k, v in (extra or {}).items()})
     return meta
 

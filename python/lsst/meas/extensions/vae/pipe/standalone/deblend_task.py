@@ -246,6 +246,7 @@ class VaeDeblendTask(PipelineTask):
         bands = tuple(model.bands)
         image, bad, bbox, missing_bands = self._gather(coadds, bands, footprints)
         noise = self._noise(coadds, bands, bad, missing_bands)
+        psf = self._psf(coadds, bands) if getattr(model, "conditioned", False) else None
         x0, y0 = bbox[0], bbox[1]
         labels = footprints.labels
         boxes, _ = footprint_boxes(labels, len(footprints.ids))  # by label - 1, array pixels
@@ -310,7 +311,7 @@ class VaeDeblendTask(PipelineTask):
         outcomes = {}
         for g in np.unique(group):
             outcomes.update(self._deblend_all(image, bad, labels, boxes, parent_labels, members, peak_xy,
-                                              todo[group == g], noise))
+                                              todo[group == g], noise, psf))
         for i, outcome in outcomes.items():
             for child in outcome.children:  # no light is invented in a band the patch lacks
                 for band in missing_bands:
@@ -396,8 +397,23 @@ class VaeDeblendTask(PipelineTask):
 
     def _noise(self, coadds: list[Coadd], bands: tuple[str, ...], bad: np.ndarray,
                missing: tuple[str, ...]) -> np.ndarray | None:
-        """The per-band noise the deblender is given (the latent fit's; `None`: none needed)."""
-        return self._noise_variance(coadds, bands, bad, missing) if self.config.fitSteps > 0 else None
+        """The per-band noise the deblender is given (the latent fit's and a PSF- and noise-aware network's;
+        `None`: none needed)."""
+        needed = self.config.fitSteps > 0 or getattr(self.model, "conditioned", False)
+        return self._noise_variance(coadds, bands, bad, missing) if needed else None
+
+    @staticmethod
+    def _psf(coadds: list[Coadd], bands: tuple[str, ...]) -> np.ndarray:
+        """Each band's coadd PSF image, on one odd grid (bands, p, p), summing to 1; a band without a coadd
+        borrows another band's PSF (its image is all zeros: its PSF only has to be a valid one)."""
+        by_band = {c.band: c.psf for c in coadds}
+        size = max(p.shape[0] for p in by_band.values())
+        stacked = []
+        for band in bands:
+            psf = np.asarray(by_band.get(band, next(iter(by_band.values()))), dtype=np.float32)
+            pad = (size - psf.shape[0]) // 2
+            stacked.append(np.pad(psf, pad) / psf.sum())
+        return np.stack(stacked)
 
     def _noise_variance(self, coadds: list[Coadd], bands: tuple[str, ...], bad: np.ndarray,
                         missing: tuple[str, ...] = ()) -> np.ndarray | None:
@@ -426,14 +442,14 @@ class VaeDeblendTask(PipelineTask):
     def _deblend_all(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
                      parent_labels: np.ndarray,
                      members: dict[int, np.ndarray], peak_xy: np.ndarray, todo: np.ndarray,
-                     noise: np.ndarray | None = None) -> dict[int, _Outcome]:
+                     noise: np.ndarray | None = None, psf: np.ndarray | None = None) -> dict[int, _Outcome]:
         """Deblend the parents ``todo`` (row indices) in one batched call; parent by parent on failure."""
         if len(todo) == 0:
             return {}
         parent_ids = list(members)
         try:
             return self._deblend_region(image, bad, labels, boxes, parent_labels, members, peak_xy, todo,
-                                        noise)
+                                        noise, psf)
         except Exception as error:
             if not self.config.catchFailures:
                 raise
@@ -444,7 +460,7 @@ class VaeDeblendTask(PipelineTask):
             start = time.perf_counter()
             try:
                 outcomes.update(self._deblend_region(image, bad, labels, boxes, parent_labels, members,
-                                                     peak_xy, np.array([i]), noise))
+                                                     peak_xy, np.array([i]), noise, psf))
             except Exception as error:
                 self.log.warning("Deblending parent %d failed: %s: %s", parent_ids[i], type(error).__name__,
                                  error)
@@ -454,7 +470,8 @@ class VaeDeblendTask(PipelineTask):
 
     def _deblend_region(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
                         parent_labels: np.ndarray, members: dict[int, np.ndarray], peak_xy: np.ndarray,
-                        todo: np.ndarray, noise: np.ndarray | None = None) -> dict[int, _Outcome]:
+                        todo: np.ndarray, noise: np.ndarray | None = None,
+                        psf: np.ndarray | None = None) -> dict[int, _Outcome]:
         """Deblend the parents ``todo`` in one call of the core on the cut-out that holds them.
 
         Working on the cut-out (the parents' boxes grown by half a stamp and the largest centroid shift)
@@ -481,7 +498,7 @@ class VaeDeblendTask(PipelineTask):
                                           self.model, self.model.stamp_size, parents=peak_labels,
                                           footprints=labels[cy0:cy1, cx0:cx1],
                                           bad=bad[cy0:cy1, cx0:cx1], config=self._deblend_config(),
-                                          max_neighbours=self.config.maxNeighbours, variance=noise)
+                                          max_neighbours=self.config.maxNeighbours, variance=noise, psf=psf)
         elapsed_ms = 1e3 * (time.perf_counter() - start)
         by_label = {p.label: p for p in parents}
         outcomes = {}
