@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--no-bf16", action="store_true", help="no bfloat16 autocast on the CPU")
         t.add_argument("--conditioned", action="store_true",
-                       help="PSF- and noise-aware networks (model v3): each stamp's PSF and variance are inputs")
+                       help="PSF- and noise-aware networks (model v3): each stamp's PSF and variance are "
+                       "inputs")
         t.add_argument("--augment", action="store_true",
                        help="random quarter turns and flips of every training stamp")
         t.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")

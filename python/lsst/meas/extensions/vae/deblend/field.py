@@ -301,7 +301,8 @@ class _StampConditions:
         """Keyword arguments of the model call for the stamps of peaks ``idx``."""
         if not self.active:
             return {}
-        return {"psf": self.psf[idx], "variance": np.broadcast_to(self.variance, (len(idx),) + self.variance.shape)}
+        variance = np.broadcast_to(self.variance, (len(idx),) + self.variance.shape)
+        return {"psf": self.psf[idx], "variance": variance}
 
 
 def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp_size: int,

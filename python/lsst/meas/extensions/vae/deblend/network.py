@@ -112,13 +112,14 @@ class VaeDeblender:
         (fwhm_low, fwhm_high), (var_low, var_high), ref = self._trained_over
         fwhm = psf_fwhm_pixels(psf[:, ref])
         depth = variance[:, ref]
+        low, high = 1 - _RANGE_TOLERANCE, 1 + _RANGE_TOLERANCE
         checks = {
-            "psf": (fwhm.min() < fwhm_low * (1 - _RANGE_TOLERANCE) or fwhm.max() > fwhm_high * (1 + _RANGE_TOLERANCE),
+            "psf": (fwhm.min() < fwhm_low * low or fwhm.max() > fwhm_high * high,
                     f"PSF FWHM {fwhm.min():.2f}-{fwhm.max():.2f} px in {self.bands[ref]}, trained over "
                     f"{fwhm_low:.2f}-{fwhm_high:.2f} px"),
-            "depth": (depth.min() < var_low * (1 - _RANGE_TOLERANCE) or depth.max() > var_high * (1 + _RANGE_TOLERANCE),
-                      f"noise variance {depth.min():.4g}-{depth.max():.4g} in {self.bands[ref]}, trained over "
-                      f"{var_low:.4g}-{var_high:.4g}"),
+            "depth": (depth.min() < var_low * low or depth.max() > var_high * high,
+                      f"noise variance {depth.min():.4g}-{depth.max():.4g} in {self.bands[ref]}, trained "
+                      f"over {var_low:.4g}-{var_high:.4g}"),
         }
         for kind, (outside, text) in checks.items():
             if outside and kind not in self._reported:
@@ -208,7 +209,7 @@ class VaeDeblender:
         """The PSF images of stamps ``lo:hi`` on the device, or `None` for weights without PSF input."""
         if psf is None:
             return None
-        return torch.from_numpy(np.ascontiguousarray(psf[lo:hi], dtype=np.float32)).to(self.device)
+        return torch.from_numpy(np.array(psf[lo:hi], dtype=np.float32)).to(self.device)
 
     def _encode_batch(self, stamps: np.ndarray, neighbours: np.ndarray, psf: torch.Tensor | None = None,
                       variance: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +218,7 @@ class VaeDeblender:
         maps = self._padded(torch.from_numpy(neighbour_maps(neighbours, self.stamp_size))).to(self.device)
         x = self._in_chunks(self.norm.forward, x).contiguous(memory_format=torch.channels_last)
         if self.conditioned:
-            variance_t = self._padded(torch.from_numpy(np.ascontiguousarray(variance, dtype=np.float32)))
+            variance_t = self._padded(torch.from_numpy(np.array(variance, dtype=np.float32)))
             psf_padded = self._padded_psf(psf)
             x = self.deblender.encoder_input(x, psf_padded, variance_t.to(self.device))
         mean, log_std = self.deblender.encoder(torch.cat([x, maps], dim=1))

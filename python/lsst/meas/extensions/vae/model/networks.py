@@ -139,7 +139,8 @@ def convolve_psf(image: torch.Tensor, psf: torch.Tensor) -> torch.Tensor:
     return full[..., c:c + s, c:c + s]
 
 
-def condition_maps(psf: torch.Tensor, variance: torch.Tensor, scales: torch.Tensor, size: int) -> torch.Tensor:
+def condition_maps(psf: torch.Tensor, variance: torch.Tensor, scales: torch.Tensor, size: int
+                   ) -> torch.Tensor:
     """The encoders' condition channels: each band's PSF (centred, peak 1) and ``log(sigma / scale)``.
 
     Parameters

@@ -315,7 +315,8 @@ def _mixed_template_flux(rng: np.random.Generator, redshift: np.ndarray, first: 
             + (1 - weight[:, None]) * 10 ** (-0.4 * band_offsets(second, redshift)))
 
 
-def draw_wide(rng: np.random.Generator, n: int, mag_min: float = 16.0, mag_max: float = 27.5) -> GalaxyCatalog:
+def draw_wide(rng: np.random.Generator, n: int, mag_min: float = 16.0, mag_max: float = 27.5
+              ) -> GalaxyCatalog:
     """Draw ``n`` galaxies of the wide training population, r-band magnitudes in [mag_min, mag_max].
 
     Parameters

@@ -72,7 +72,8 @@ class Conditions:
 
     def psf_images(self, survey: Survey, size: int = PSF_IMAGE_SIZE) -> np.ndarray:
         """Every band's PSF image, shape (bands, size, size), float32."""
-        return np.stack([psf_image(psf, band.pixel_scale, size) for psf, band in zip(self.psfs, survey.bands)])
+        return np.stack([psf_image(psf, band.pixel_scale, size)
+                         for psf, band in zip(self.psfs, survey.bands)])
 
     @classmethod
     def draw(cls, survey: Survey, rng: np.random.Generator, psf_fwhm_range: tuple[float, float],

@@ -139,8 +139,9 @@ class StampRenderer:
         self.stamp_size = stamp_size
         self.fft_size = fft_size or _fft_size(stamp_size, 32)
         self._band_columns = np.array([ALL_BANDS.index(b) for b in survey.band_names])
-        self._groups = self._make_groups([band.make_psf() for band in survey.bands],
-                                         [(band.psf_kind, band.psf_fwhm, band.psf_beta) for band in survey.bands])
+        self._groups = self._make_groups(
+            [band.make_psf() for band in survey.bands],
+            [(band.psf_kind, band.psf_fwhm, band.psf_beta) for band in survey.bands])
 
     def _make_groups(self, psfs: list[galsim.GSObject], keys: list | None = None) -> list[_PsfGroup]:
         """Group the bands by pixel scale and PSF (``keys`` identify equal PSFs; default: identity)."""
