@@ -261,8 +261,8 @@ class BlendDataset:
         batch : `dict`
             ``image``, ``variance``, ``psf``, ``n_galaxies``, ``central`` (noiseless central galaxy),
             ``noiseless`` (the noiseless blend), ``neighbours`` (x, y, SNR of the other galaxies,
-            NaN-padded), and with ``truth``: ``truth_images`` (a list of per-blend arrays), ``truth`` (per-galaxy fields) and
-            ``galaxy_offset`` (each blend's first galaxy in ``truth``).
+            NaN-padded), and with ``truth``: ``truth_images`` (a list of per-blend arrays), ``truth``
+            (per-galaxy fields) and ``galaxy_offset`` (each blend's first galaxy in ``truth``).
         """
         k = int(np.searchsorted(self._starts, start, side="right") - 1)
         if stop > self._starts[k + 1] or start < 0 or stop <= start:
