@@ -77,3 +77,20 @@ def test_streamed_batches_cover_every_blend_once(shards):
 def test_missing_shards_fail_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="shard"):
         BlendDataset(tmp_path)
+
+
+def test_simulation_resumes_where_it_stopped(tmp_path):
+    from lsst.meas.extensions.vae.sim.blend import BlendConfig
+    from lsst.meas.extensions.vae.sim.dataset import BlendDataset, write_blends
+
+    config = BlendConfig(stamp_size=25, max_galaxies=2)
+    whole = write_blends(tmp_path / "whole", 8, seed=4, config=config, jobs=1, shard_size=2, progress=False)
+    part = write_blends(tmp_path / "part", 8, seed=4, config=config, jobs=1, shard_size=2, progress=False)
+    part[1].unlink()  # a run stopped before this shard was written
+    stamp = part[0].stat().st_mtime_ns
+    write_blends(tmp_path / "part", 8, seed=4, config=config, jobs=1, shard_size=2, progress=False,
+                 resume=True)
+    assert part[0].stat().st_mtime_ns == stamp  # kept, not made again
+    np.testing.assert_array_equal(BlendDataset(tmp_path / "part").read(2, 4)["image"],
+                                  BlendDataset(tmp_path / "whole").read(2, 4)["image"])
+    assert len(whole) == 4

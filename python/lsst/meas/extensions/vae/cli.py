@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     blends.add_argument("--max-galaxies", type=int, default=None, help="galaxies per blend, at most")
     blends.add_argument("--shard-size", type=int, default=1000, help="blends per shard, at most")
     blends.add_argument("--no-gallery", action="store_true", help="skip the gallery PNG")
+    blends.add_argument("--resume", action="store_true",
+                        help="keep the shards of this run already in --out, make the missing ones")
 
     patch = kinds.add_parser("patch", help="whole coadd patches with truth catalogues")
     _add_common_simulation_arguments(patch)
@@ -166,11 +168,12 @@ def simulate_blends(args: argparse.Namespace) -> dict:
     config = BlendConfig.preset(getattr(args, "preset", "paper"), **overrides)
     paths = write_blends(args.out, args.n, args.seed, config=config, split=args.split, jobs=args.jobs,
                          shard_size=args.shard_size, catalog_path=args.catalog,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, resume=getattr(args, "resume", False))
     seconds = time.perf_counter() - start
     summary = {"n": args.n, "seed": args.seed, "split": args.split, "jobs": args.jobs,
                "catalog": args.catalog, "shards": [p.name for p in paths], "seconds": round(seconds, 2),
-               "blends_per_second": round(args.n / seconds, 1), "config": dataclasses.asdict(config)}
+               "blends_per_second": round(args.n / seconds, 1), "config": dataclasses.asdict(config),
+               "resumed": bool(getattr(args, "resume", False))}
     if not args.no_gallery:
         summary["gallery"] = str(_gallery(args.out, args.out / "gallery.png"))
     _write_json(args.out / "summary.json", summary)

@@ -106,7 +106,7 @@ def _save_shard(path: str, blends: list, config: BlendConfig, seed: int, split: 
 
 def write_blends(out_dir: str | Path, n: int, seed: int, config: BlendConfig | None = None,
                  split: str = "train", jobs: int | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
-                 catalog_path: str | None = None, progress: bool = True) -> list[Path]:
+                 catalog_path: str | None = None, progress: bool = True, resume: bool = False) -> list[Path]:
     """Simulate ``n`` blends into HDF5 shards, in parallel.
 
     Parameters
@@ -130,6 +130,9 @@ def write_blends(out_dir: str | Path, n: int, seed: int, config: BlendConfig | N
         External catalogue (CatSim or COSMOS format) to sample galaxies from instead of the generator.
     progress : `bool`
         Show a progress bar.
+    resume : `bool`
+        Keep the shards of this very stream already in ``out_dir`` (a shard on disk is always whole) and
+        make only the missing ones: a stopped run continues where it stopped.
 
     Returns
     -------
@@ -149,7 +152,10 @@ def write_blends(out_dir: str | Path, n: int, seed: int, config: BlendConfig | N
     bounds = np.linspace(0, n, n_shards + 1).round().astype(int)
     tasks = [(str(out_dir / f"shard-{k:05d}.h5"), seed, int(bounds[k]), int(bounds[k + 1] - bounds[k]), split)
              for k in range(n_shards)]
-    bar = tqdm(total=n, desc=f"simulate {split} blends", unit="blend", disable=not progress)
+    if resume:
+        tasks = [t for t in tasks if not _same_shard(Path(t[0]), config, seed, split, t[2], t[3], catalog_path)]
+    bar = tqdm(total=sum(t[3] for t in tasks), desc=f"simulate {split} blends", unit="blend",
+               disable=not progress)
     if jobs == 1:
         _init_worker(config, catalog_path, split, None)
         for task in tasks:
@@ -165,9 +171,23 @@ def write_blends(out_dir: str | Path, n: int, seed: int, config: BlendConfig | N
                 pending.wait(0.2)
                 bar.update(counter.value - bar.n)
             pending.get()  # re-raise a worker's exception
-            bar.update(n - bar.n)
+            bar.update(bar.total - bar.n)
     bar.close()
-    return [Path(t[0]) for t in tasks]
+    return [out_dir / f"shard-{k:05d}.h5" for k in range(n_shards)]
+
+
+def _same_shard(path: Path, config: BlendConfig, seed: int, split: str, first: int, count: int,
+                catalog_path: str | None) -> bool:
+    """Whether ``path`` holds exactly the blends ``first .. first + count - 1`` of this stream."""
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return (int(f.attrs["seed"]) == seed and f.attrs["split"] == split
+                    and int(f.attrs["first_index"]) == first and len(f["image"]) == count
+                    and _config_from_attrs(f.attrs) == config and f.attrs["catalog"] == (catalog_path or ""))
+    except (OSError, KeyError):
+        return False
 
 
 def _config_from_attrs(attrs) -> BlendConfig:
