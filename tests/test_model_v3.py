@@ -136,7 +136,8 @@ def tiny_v3(tmp_path_factory):
     write_blends(root / "train", 128, seed=1, config=config, jobs=1, progress=False)
     write_blends(root / "val", 32, seed=2, config=config, split="validation", jobs=1, progress=False)
     common = dict(train_dir=str(root / "train"), val_dir=str(root / "val"), batch_size=32, epoch_size=256,
-                  max_epochs=3, patience=10, lr=2e-3, seed=0, bf16=False, conditioned=True, augment=True)
+                  max_epochs=3, patience=10, lr=2e-3, seed=0, bf16=False, conditioned=True, augment=True,
+                  colour_jitter=0.3)
     vae_run = train(TrainConfig(kind="vae", out_dir=str(root / "vae"), **common), progress=False)
     deb_run = train(TrainConfig(kind="deblender", out_dir=str(root / "deblender"), neighbour_jitter=0.5,
                                 vae_weights=str(root / "vae"), **{**common, "max_epochs": 1}), progress=False)
@@ -195,3 +196,19 @@ def test_deblend_field_passes_the_psf(tiny_v3):
     # Flux conservation hands out the observed pixels: the children's fluxes sum to the parent's.
     total = sum(c.flux_conserved for c in children)
     np.testing.assert_allclose(total, parents[0].flux, rtol=1e-3)
+
+
+def test_training_augmentations_keep_what_they_must(tiny_v3):
+    from lsst.meas.extensions.vae.model.training import TrainConfig, _prepare
+    from lsst.meas.extensions.vae.sim.dataset import BlendDataset
+
+    data = BlendDataset(tiny_v3["root"] / "val")
+    batch = data.read(0, 8, truth=False)
+    config = TrainConfig(kind="deblender", vae_weights="x", conditioned=True, augment=True, colour_jitter=0.3)
+    out = _prepare(batch, config, np.random.default_rng(0), 33, reference=2)
+    target = out["target"].numpy()
+    # Quarter turns and flips move pixels, not flux; the colour jitter leaves the reference band alone.
+    np.testing.assert_allclose(target[:, 2].sum(axis=(1, 2)), batch["central"][:, 2].sum(axis=(1, 2)), rtol=1e-5)
+    assert not np.allclose(target[:, 0].sum(axis=(1, 2)), batch["central"][:, 0].sum(axis=(1, 2)), rtol=1e-3)
+    np.testing.assert_allclose(out["psf"].numpy().sum(axis=(2, 3)), 1.0, rtol=1e-5)
+    assert out["neighbours"].shape == (8, 1, 33, 33)

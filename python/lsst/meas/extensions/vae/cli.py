@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a trained deblender's .safetensors to start the encoder from (fine-tuning)")
             t.add_argument("--neighbour-jitter", type=float, default=0.0,
                            help="pixels of noise on the neighbour peaks' positions in the neighbour map")
+        t.add_argument("--colour-jitter", type=float, default=0.0,
+                       help="magnitudes of random per-band factors on the galaxies (colours beyond the "
+                       "templates)")
 
     bundle = commands.add_parser("bundle", help="write shipped weights from a trained VAE and deblender")
     bundle.add_argument("--vae", default="runs/vae")
@@ -253,7 +256,7 @@ def train_model(args: argparse.Namespace) -> dict:
         patience=args.patience, max_minutes=args.max_minutes, seed=args.seed, bf16=not args.no_bf16,
         vae_weights=getattr(args, "vae", ""), init_encoder=getattr(args, "init_encoder", ""),
         conditioned=args.conditioned, augment=args.augment,
-        neighbour_jitter=getattr(args, "neighbour_jitter", 0.0))
+        neighbour_jitter=getattr(args, "neighbour_jitter", 0.0), colour_jitter=args.colour_jitter)
     command = "vae-deblend " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vae-deblend") else ""
     summary = train(config, resume=args.resume, command=command, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))

@@ -96,6 +96,10 @@ class TrainConfig:
     neighbour_jitter : `float`
         Standard deviation (pixels) of the noise added to the neighbour peaks' positions in the
         neighbour map (detected peaks are not exact).
+    colour_jitter : `float`
+        Standard deviation (magnitudes) of a random factor on each band of the central galaxy, and another
+        on each band of the rest of the blend, the reference band left alone: colours beyond those of the
+        simulator's four templates (the CatSim galaxies reach g - r = -0.24, the templates 0.1).
     """
 
     kind: str = "vae"
@@ -120,6 +124,7 @@ class TrainConfig:
     conditioned: bool = False
     augment: bool = False
     neighbour_jitter: float = 0.0
+    colour_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("vae", "deblender"):
@@ -212,11 +217,18 @@ class _Batches:
         epoch = 0
         rng = np.random.default_rng([self.seed, 99])
         size = self.data.image_shape[-1]
+        reference = _reference_band(self.data)
         while True:
             for batch in self.data.iter_batches(self.config.batch_size, seed=self.seed * 1000 + epoch,
                                                 drop_last=True):
-                yield _prepare(batch, self.config, rng, size)
+                yield _prepare(batch, self.config, rng, size, reference)
             epoch += 1
+
+
+def _reference_band(data: BlendDataset) -> int:
+    """Index of the data's reference band (that of its truth shapes, r for LSST)."""
+    band = data.config.reference_band
+    return list(data.bands).index(band) if band in data.bands else 0
 
 
 def _dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -225,10 +237,21 @@ def _dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return out[..., ::-1] if flip else out
 
 
-def _prepare(batch: dict, config: TrainConfig, rng: np.random.Generator, size: int) -> dict:
+def _prepare(batch: dict, config: TrainConfig, rng: np.random.Generator, size: int, reference: int = 0
+             ) -> dict:
+    """One batch as tensors: fresh noise, the augmentations of ``config``; ``reference`` is the index
+    of the band whose flux the colour jitter leaves alone."""
     sigma = np.sqrt(batch["variance"])[:, :, None, None]
     clean = batch["central"] if config.kind == "vae" else batch["noiseless"]
     target = batch["central"]
+    if config.colour_jitter > 0:
+        sigma = 0.4 * math.log(10) * config.colour_jitter
+        factors = np.exp(rng.normal(0.0, sigma, (2,) + batch["variance"].shape))
+        factors[:, :, reference] = 1.0
+        factors = factors.astype(np.float32)[..., None, None]
+        rest = clean - target
+        target = target * factors[0]
+        clean = target + rest * factors[1] if config.kind == "deblender" else target
     psf = batch["psf"]
     maps = None
     if config.kind == "deblender":
@@ -263,7 +286,7 @@ def _validation_batches(data: BlendDataset, config: TrainConfig, n_max: int = 20
     size = data.image_shape[-1]
     batches, n = [], 0
     for batch in data.iter_batches(256, seed=0, shuffle=False):
-        batches.append(_prepare(batch, config, rng, size))
+        batches.append(_prepare(batch, config, rng, size, _reference_band(data)))
         n += len(batch["image"])
         if n >= n_max:
             break
