@@ -213,3 +213,21 @@ def test_training_augmentations_keep_what_they_must(tiny_v3):
     assert not np.allclose(jittered[:, 0], flux[:, 0], rtol=1e-3)
     np.testing.assert_allclose(out["psf"].numpy().sum(axis=(2, 3)), 1.0, rtol=1e-5)
     assert out["neighbours"].shape == (8, 1, 33, 33)
+
+
+def test_binned_blends_see_the_sky_on_coarser_pixels():
+    config = BlendConfig.preset("wide", **TINY_WIDE, binned_fraction=1.0, years=(10.0, 10.0))
+    maker = BlendMaker(config)
+    full_depth = maker.survey.noise_sigma**2
+    native = BlendMaker(BlendConfig.preset("wide", **TINY_WIDE, years=(10.0, 10.0)))
+    for index in range(4):
+        binned, plain = maker.make(2, index), native.make(2, index)
+        k = maker.conditions(2, index).binning
+        assert k in (2, 4)
+        # A binned pixel holds k^2 pixels: k^2 times the noise variance, the offsets k times fewer pixels.
+        np.testing.assert_allclose(binned.variance, k**2 * full_depth, rtol=1e-5)
+        centre = config.stamp_size // 2
+        np.testing.assert_allclose(binned.truth["x"] - centre, (plain.truth["x"] - centre) / k, atol=1e-9)
+        # The same galaxies, the same flux, on coarser pixels.
+        np.testing.assert_allclose(binned.truth["flux"], plain.truth["flux"])
+        assert psf_fwhm_pixels(binned.psf[2]) < psf_fwhm_pixels(plain.psf[2])

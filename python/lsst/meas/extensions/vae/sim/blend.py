@@ -22,7 +22,7 @@ from ..measure.photometry import blendedness, snr
 from ..measure.shape import hsm_shapes
 from ..surveys import Survey, get_survey
 from .catalog import SPLITS, GalaxyCatalog, _draw, draw_wide, split_ident_offset
-from .conditions import FULL_DEPTH_YEARS, Conditions, survey_conditions
+from .conditions import FULL_DEPTH_YEARS, Conditions, binned_survey, survey_conditions
 from .render import StampRenderer
 
 # Default stamp side, pixels: see docs/benchmarks.md ("Choosing the stamp size").
@@ -75,6 +75,9 @@ class BlendConfig:
         The other laws of a drawn PSF (`conditions.Conditions.draw`); used with ``psf_fwhm_range``.
     years : `tuple` [`float`, `float`]
         Depth range, years (log-uniform per blend; 10 is the survey's full depth).
+    binned_fraction : `float`
+        Fraction of blends drawn on binned pixels (`conditions.BINNING_FACTORS`); their truth positions
+        are in binned pixels.
     """
 
     survey: str = "lsst"
@@ -99,6 +102,7 @@ class BlendConfig:
     psf_moffat_fraction: float = 0.0
     psf_e_max: float = 0.0
     years: tuple[float, float] = (FULL_DEPTH_YEARS, FULL_DEPTH_YEARS)
+    binned_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_galaxies <= self.max_galaxies:
@@ -115,6 +119,8 @@ class BlendConfig:
         if self.psf_fwhm_range is not None and not 0 < self.psf_fwhm_range[0] <= self.psf_fwhm_range[1]:
             raise ValueError(f"psf_fwhm_range must be (low, high) with 0 < low <= high, got "
                              f"{self.psf_fwhm_range}.")
+        if not 0.0 <= self.binned_fraction <= 1.0:
+            raise ValueError("binned_fraction must be in [0, 1].")
         if not 0 < self.years[0] <= self.years[1]:
             raise ValueError(f"years must be (low, high) with 0 < low <= high, got {self.years}.")
         if self.psf_fwhm_range is None and (self.psf_chromatic or self.psf_band_scatter
@@ -124,7 +130,8 @@ class BlendConfig:
     @property
     def draws_conditions(self) -> bool:
         """Whether each blend draws its own PSFs and depth (else the survey's, at full depth)."""
-        return self.psf_fwhm_range is not None or self.years != (FULL_DEPTH_YEARS, FULL_DEPTH_YEARS)
+        return (self.psf_fwhm_range is not None or self.years != (FULL_DEPTH_YEARS, FULL_DEPTH_YEARS)
+                or self.binned_fraction > 0)
 
     def get_survey(self) -> Survey:
         return get_survey(self.survey, self.psf_model, self.psf_fwhm)
@@ -291,6 +298,7 @@ class BlendMaker:
         self.source = source or GeneratedGalaxies(config.population)
         self.survey = config.get_survey()
         self.renderer = StampRenderer(self.survey, config.stamp_size)
+        self._renderers = {1: self.renderer}
         self._ref = self.survey.band_names.index(config.reference_band)
         self._ref_scale = self.survey.bands[self._ref].pixel_scale
         self.variance = (self.survey.noise_sigma**2).astype(np.float32)
@@ -307,7 +315,8 @@ class BlendMaker:
         return Conditions.draw(self.survey, rng, cfg.psf_fwhm_range or (fixed[self._ref],) * 2,
                                psf_chromatic=cfg.psf_chromatic, psf_band_scatter=cfg.psf_band_scatter,
                                psf_moffat_fraction=cfg.psf_moffat_fraction, psf_e_max=cfg.psf_e_max,
-                               years=cfg.years, reference_band=cfg.reference_band)
+                               years=cfg.years, reference_band=cfg.reference_band,
+                               binned_fraction=cfg.binned_fraction)
 
     def make(self, seed: int, index: int, split: str = "train",
              shear: tuple[float, float] | None = None) -> Blend:
@@ -344,8 +353,8 @@ class BlendMaker:
 
         conditions = self.conditions(seed, index, split)
         drawn = conditions is not self._survey_conditions
-        truth_images = self.renderer.render(galaxies, dx, dy, shear=shear,
-                                            psfs=list(conditions.psfs) if drawn else None)
+        truth_images = self._renderer(conditions.binning).render(galaxies, dx, dy, shear=shear,
+                                                                 psfs=list(conditions.psfs) if drawn else None)
         variance = conditions.variance.copy()
         # Zero the far wings (and FFT ringing) far below the noise: exact zeros compress on disk.
         sigma = np.sqrt(self.variance)[None, :, None, None]
@@ -354,15 +363,21 @@ class BlendMaker:
         image = truth_images.sum(axis=0) + noise * np.sqrt(variance)[:, None, None]
         psf = conditions.psf_images(self.survey) if drawn else self._survey_psf.copy()
         return Blend(image=image, variance=variance, truth_images=truth_images,
-                     truth=self._truth(galaxies, dx, dy, truth_images, index, variance), galaxies=galaxies,
-                     psf=psf)
+                     truth=self._truth(galaxies, dx, dy, truth_images, index, variance, conditions.binning),
+                     galaxies=galaxies, psf=psf)
+
+    def _renderer(self, binning: int) -> StampRenderer:
+        """The renderer of pixels binned ``binning`` x ``binning`` (made once)."""
+        if binning not in self._renderers:
+            self._renderers[binning] = StampRenderer(binned_survey(self.survey, binning), self.config.stamp_size)
+        return self._renderers[binning]
 
     def _truth(self, galaxies: GalaxyCatalog, dx: np.ndarray, dy: np.ndarray, truth_images: np.ndarray,
-               index: int, variance: np.ndarray) -> dict[str, np.ndarray]:
+               index: int, variance: np.ndarray, binning: int = 1) -> dict[str, np.ndarray]:
         n = len(galaxies)
         centre = self.config.stamp_size // 2
-        x = centre + dx / self._ref_scale
-        y = centre + dy / self._ref_scale
+        x = centre + dx / (self._ref_scale * binning)
+        y = centre + dy / (self._ref_scale * binning)
         shapes = hsm_shapes(truth_images[:, self._ref], np.stack([x, y], axis=1))
         flux = self.renderer.band_fluxes(galaxies)
         snr_band = snr(truth_images, variance[:, None, None])

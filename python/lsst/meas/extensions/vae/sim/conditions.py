@@ -11,7 +11,11 @@ blend of a `BlendConfig` whose condition fields differ from the defaults draws i
   rest;
 - a PSF ellipticity (reduced shear, the same in every band) of modulus uniform up to ``psf_e_max``;
 - a depth of ``years`` (log-uniform in the range; 10 is the survey's full depth): images keep the
-  full-depth flux units, so the noise variance scales as ``10 / years``.
+  full-depth flux units, so the noise variance scales as ``10 / years``;
+- for a fraction ``binned_fraction`` of the blends, pixels binned 2 x 2 (two thirds of them) or 4 x 4:
+  the stamp covers 2 or 4 times the sky, each pixel holds the flux of 4 or 16, the noise variance is 4
+  or 16 times the native pixel's and the PSF is narrower in pixels.  This is what the deblender sees when it
+  models a galaxy larger than its stamp on a binned stamp.
 
 The conditions are drawn from a stream of their own, so the galaxies and positions of a blend do not
 depend on them (the same blend can be seen under other conditions).
@@ -20,9 +24,10 @@ depend on them (the same blend can be seen under other conditions).
 from __future__ import annotations
 
 __all__ = ["Conditions", "EFFECTIVE_WAVELENGTH_NM", "FULL_DEPTH_YEARS", "PSF_IMAGE_SIZE", "psf_image",
-           "survey_conditions"]
+           "survey_conditions", "binned_survey", "BINNING_FACTORS"]
 
 import dataclasses
+import functools
 import math
 
 import galsim
@@ -39,6 +44,18 @@ FULL_DEPTH_YEARS = 10.0
 # light of a 1.2" Kolmogorov PSF).
 PSF_IMAGE_SIZE = 41
 MOFFAT_BETA_RANGE = (2.0, 5.0)
+# Binning factors of binned blends and their probabilities.
+BINNING_FACTORS = (2, 4)
+_BINNING_PROBABILITIES = (2 / 3, 1 / 3)
+
+
+@functools.cache
+def binned_survey(survey: Survey, factor: int) -> Survey:
+    """``survey`` with every band's pixels binned ``factor`` x ``factor`` (pixel scales times ``factor``)."""
+    if factor == 1:
+        return survey
+    return Survey(name=survey.name, bands=tuple(dataclasses.replace(b, pixel_scale=b.pixel_scale * factor)
+                                                for b in survey.bands))
 
 
 def psf_image(psf: galsim.GSObject, pixel_scale: float, size: int = PSF_IMAGE_SIZE) -> np.ndarray:
@@ -63,23 +80,27 @@ class Conditions:
         Noise variance per pixel, in the survey's full-depth flux units (electrons at full depth).
     years : `float`
         Depth, years of the survey.
+    binning : `int`
+        Pixels binned ``binning`` x ``binning`` (1: the survey's pixels).
     """
 
     psfs: tuple[galsim.GSObject, ...]
     psf_fwhm: np.ndarray
     variance: np.ndarray
     years: float
+    binning: int = 1
 
     def psf_images(self, survey: Survey, size: int = PSF_IMAGE_SIZE) -> np.ndarray:
-        """Every band's PSF image, shape (bands, size, size), float32."""
+        """Every band's PSF image on this blend's pixels, shape (bands, size, size), float32."""
+        pixels = binned_survey(survey, self.binning)
         return np.stack([psf_image(psf, band.pixel_scale, size)
-                         for psf, band in zip(self.psfs, survey.bands)])
+                         for psf, band in zip(self.psfs, pixels.bands)])
 
     @classmethod
     def draw(cls, survey: Survey, rng: np.random.Generator, psf_fwhm_range: tuple[float, float],
              psf_chromatic: float = 0.0, psf_band_scatter: float = 0.0, psf_moffat_fraction: float = 0.0,
              psf_e_max: float = 0.0, years: tuple[float, float] = (FULL_DEPTH_YEARS, FULL_DEPTH_YEARS),
-             reference_band: str = "r") -> Conditions:
+             reference_band: str = "r", binned_fraction: float = 0.0) -> Conditions:
         """Draw one blend's conditions (see the module's docstring for the laws).
 
         Parameters
@@ -102,6 +123,8 @@ class Conditions:
             Depth range in years, drawn log-uniformly.
         reference_band : `str`
             Band whose FWHM is drawn from ``psf_fwhm_range``.
+        binned_fraction : `float`
+            Probability of binned pixels (`BINNING_FACTORS`).
         """
         names = survey.band_names
         ref = EFFECTIVE_WAVELENGTH_NM[reference_band]
@@ -120,8 +143,12 @@ class Conditions:
                 psf = psf.shear(g=g, beta=angle * galsim.radians)
             psfs.append(psf)
         depth = math.exp(rng.uniform(math.log(years[0]), math.log(years[1])))
-        variance = (survey.noise_sigma**2 * FULL_DEPTH_YEARS / depth).astype(np.float32)
-        return cls(psfs=tuple(psfs), psf_fwhm=fwhm, variance=variance, years=depth)
+        binning = 1
+        if binned_fraction > 0 and rng.random() < binned_fraction:
+            binning = int(rng.choice(BINNING_FACTORS, p=_BINNING_PROBABILITIES))
+        pixels = binned_survey(survey, binning)
+        variance = (pixels.noise_sigma**2 * FULL_DEPTH_YEARS / depth).astype(np.float32)
+        return cls(psfs=tuple(psfs), psf_fwhm=fwhm, variance=variance, years=depth, binning=binning)
 
 
 def survey_conditions(survey: Survey) -> Conditions:
