@@ -353,8 +353,8 @@ class BlendMaker:
 
         conditions = self.conditions(seed, index, split)
         drawn = conditions is not self._survey_conditions
-        truth_images = self._renderer(conditions.binning).render(galaxies, dx, dy, shear=shear,
-                                                                 psfs=list(conditions.psfs) if drawn else None)
+        renderer = self._renderer(conditions.binning)
+        truth_images = renderer.render(galaxies, dx, dy, shear=shear, psfs=list(conditions.psfs) if drawn else None)
         variance = conditions.variance.copy()
         # Zero the far wings (and FFT ringing) far below the noise: exact zeros compress on disk.
         sigma = np.sqrt(self.variance)[None, :, None, None]
@@ -369,7 +369,8 @@ class BlendMaker:
     def _renderer(self, binning: int) -> StampRenderer:
         """The renderer of pixels binned ``binning`` x ``binning`` (made once)."""
         if binning not in self._renderers:
-            self._renderers[binning] = StampRenderer(binned_survey(self.survey, binning), self.config.stamp_size)
+            self._renderers[binning] = StampRenderer(binned_survey(self.survey, binning),
+                                                     self.config.stamp_size)
         return self._renderers[binning]
 
     def _truth(self, galaxies: GalaxyCatalog, dx: np.ndarray, dy: np.ndarray, truth_images: np.ndarray,

@@ -153,7 +153,8 @@ def write_blends(out_dir: str | Path, n: int, seed: int, config: BlendConfig | N
     tasks = [(str(out_dir / f"shard-{k:05d}.h5"), seed, int(bounds[k]), int(bounds[k + 1] - bounds[k]), split)
              for k in range(n_shards)]
     if resume:
-        tasks = [t for t in tasks if not _same_shard(Path(t[0]), config, seed, split, t[2], t[3], catalog_path)]
+        tasks = [t for t in tasks
+                 if not _same_shard(Path(t[0]), config, seed, split, t[2], t[3], catalog_path)]
     bar = tqdm(total=sum(t[3] for t in tasks), desc=f"simulate {split} blends", unit="blend",
                disable=not progress)
     if jobs == 1:
