@@ -354,7 +354,8 @@ class BlendMaker:
         conditions = self.conditions(seed, index, split)
         drawn = conditions is not self._survey_conditions
         renderer = self._renderer(conditions.binning)
-        truth_images = renderer.render(galaxies, dx, dy, shear=shear, psfs=list(conditions.psfs) if drawn else None)
+        truth_images = renderer.render(galaxies, dx, dy, shear=shear,
+                                       psfs=list(conditions.psfs) if drawn else None)
         variance = conditions.variance.copy()
         # Zero the far wings (and FFT ringing) far below the noise: exact zeros compress on disk.
         sigma = np.sqrt(self.variance)[None, :, None, None]
