@@ -76,8 +76,8 @@ class BlendConfig:
     years : `tuple` [`float`, `float`]
         Depth range, years (log-uniform per blend; 10 is the survey's full depth).
     binned_fraction : `float`
-        Fraction of blends drawn on binned pixels (`conditions.BINNING_FACTORS`); their truth positions
-        are in binned pixels.
+        Fraction of blends drawn on binned pixels (`conditions.BINNING_FACTORS`, 3 x 3 and 5 x 5); their
+        truth positions are in binned pixels.
     """
 
     survey: str = "lsst"

@@ -12,10 +12,11 @@ blend of a `BlendConfig` whose condition fields differ from the defaults draws i
 - a PSF ellipticity (reduced shear, the same in every band) of modulus uniform up to ``psf_e_max``;
 - a depth of ``years`` (log-uniform in the range; 10 is the survey's full depth): images keep the
   full-depth flux units, so the noise variance scales as ``10 / years``;
-- for a fraction ``binned_fraction`` of the blends, pixels binned 2 x 2 (two thirds of them) or 4 x 4:
-  the stamp covers 2 or 4 times the sky, each pixel holds the flux of 4 or 16, the noise variance is 4
-  or 16 times the native pixel's and the PSF is narrower in pixels.  This is what the deblender sees when it
-  models a galaxy larger than its stamp on a binned stamp.
+- for a fraction ``binned_fraction`` of the blends, pixels binned 3 x 3 (two thirds of them) or 5 x 5:
+  the stamp covers 3 or 5 times the sky, each pixel holds the flux of 9 or 25, the noise variance is 9
+  or 25 times the native pixel's and the PSF is narrower in pixels.  This is what the deblender sees when it
+  models a galaxy larger than its stamp on a binned stamp; odd factors keep the galaxy's central pixel at
+  the centre of a binned pixel (and the binned PSF centred).
 
 The conditions are drawn from a stream of their own, so the galaxies and positions of a blend do not
 depend on them (the same blend can be seen under other conditions).
@@ -45,7 +46,7 @@ FULL_DEPTH_YEARS = 10.0
 PSF_IMAGE_SIZE = 41
 MOFFAT_BETA_RANGE = (2.0, 5.0)
 # Binning factors of binned blends and their probabilities.
-BINNING_FACTORS = (2, 4)
+BINNING_FACTORS = (3, 5)
 _BINNING_PROBABILITIES = (2 / 3, 1 / 3)
 
 
