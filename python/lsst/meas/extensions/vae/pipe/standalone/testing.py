@@ -161,6 +161,11 @@ class FaultyModel:
     def metadata(self) -> dict:
         return getattr(self.model, "metadata", {})
 
+    @property
+    def conditioned(self) -> bool:
+        """Whether the real model takes each stamp's PSF and variance (they are passed through)."""
+        return bool(getattr(self.model, "conditioned", False))
+
     def __call__(self, stamps: np.ndarray, neighbours: np.ndarray, n_samples: int = 0, **kwargs: Any
                  ) -> tuple[np.ndarray, np.ndarray | None]:
         self.calls += 1
