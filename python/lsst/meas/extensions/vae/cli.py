@@ -104,7 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score the deblender on simulated test blends")
     evaluate.add_argument("--weights", default="lsst", help="shipped weights name or .safetensors path")
-    evaluate.add_argument("--n", type=int, default=2000, help="test blends")
+    evaluate.add_argument("--suite", default=None, choices=("shift",),
+                          help="run a suite of sets instead of one preset: 'shift' (evaluate.suite: catalogue "
+                               "galaxies, shifted priors, PSFs, depths, crowded blends)")
+    evaluate.add_argument("--n", type=int, default=None, help="test blends (default 2000; suite: 200 per set)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--preset", default="paper", choices=tuple(BLEND_PRESET_NAMES),
                           help="how the test blends are built (sim.blend.BLEND_PRESETS)")
@@ -119,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="free per-band amplitudes in the fit, with this prior width on their log")
     evaluate.add_argument("--no-neighbour-map", action="store_true",
                           help="do not give the network the other peaks' positions")
+    evaluate.add_argument("--deblenders", default="vae,vae-fit,scarlet,none",
+                          help="suite: comma-separated, from vae, vae-fit, scarlet, sep, none")
+    evaluate.add_argument("--sets", default=None, help="suite: comma-separated sets (default: all)")
+    evaluate.add_argument("--fit-n", type=int, default=None,
+                          help="suite: blends per set for vae-fit, the first ones (default: all --n)")
+    evaluate.add_argument("--catalogs", default=None,
+                          help="suite: folder of the catalogues (default ../shared/data/catalogs)")
+    evaluate.add_argument("--threads", type=int, default=1, help="suite: torch and JAX threads (default 1)")
     evaluate.add_argument("--out", type=Path, required=True)
     evaluate.add_argument("--no-progress", action="store_true")
 
@@ -312,7 +323,9 @@ def evaluate_weights(args: argparse.Namespace) -> dict:
     from .deblend.field import DeblendConfig
     from .evaluate import evaluate
 
-    metrics = evaluate(args.weights, args.n, args.seed, args.out, preset=args.preset,
+    if args.suite:
+        return evaluate_suite(args)
+    metrics = evaluate(args.weights, args.n or 2000, args.seed, args.out, preset=args.preset,
                        catalog_path=args.catalog, progress=not args.no_progress,
                        deblend_config=DeblendConfig(iterations=args.iterations,
                                                     refine_centroids=not args.no_refine,
@@ -332,6 +345,21 @@ def evaluate_weights(args: argparse.Namespace) -> dict:
               f"{m['e_abs_err_median']:8.4f} {m['e_abs_err_rms']:8.4f}")
     print(f"deblending: {metrics['deblend_ms_per_blend']:.2f} ms per blend on {metrics['device']}")
     return metrics
+
+
+def evaluate_suite(args: argparse.Namespace) -> dict:
+    """``vae-deblend evaluate --suite shift``: ``suite.json``, ``suite.md`` and plots in ``--out``."""
+    from .evaluate.suite import SUITE_SETS, SuiteConfig, run_suite
+
+    config = SuiteConfig(n=args.n or 200, seed=args.seed, deblenders=tuple(args.deblenders.split(",")),
+                         sets=tuple(args.sets.split(",")) if args.sets else tuple(SUITE_SETS),
+                         fit_n=args.fit_n, weights=args.weights, fit_steps=args.fit_steps or 60,
+                         threads=args.threads, catalogs=args.catalogs)
+    suite = run_suite(config, args.out, progress=not args.no_progress)
+    print((args.out / "suite.md").read_text(), end="")
+    print(f"wrote {args.out / 'suite.json'}, {args.out / 'suite.md'}, {args.out / 'suite.png'}, "
+          f"{args.out / 'suite_bins.png'}")
+    return suite
 
 
 def bench_deblenders(args: argparse.Namespace) -> dict:

@@ -56,7 +56,7 @@ from ..measure.matching import match_to_truth
 from ..measure.shape import hsm_shape
 from ..measure.stats import BLENDEDNESS_BINS, SNR_BINS
 from ..sim.blend import Blend, BlendConfig, BlendMaker, CatalogGalaxies
-from .central import tile_field
+from .central import isolated_reconstructions, tile_field
 
 DEBLENDERS = ("vae", "vae-fit", "scarlet", "sep", "none")
 # Matching detected peaks to true centres, pixels (0.4" at LSST's 0.2" pixels; as the pipeline's
@@ -70,7 +70,7 @@ BATCH_BLENDS = 100
 # The statistics of every row, for all galaxies, the central ones and every bin.
 STAT_KEYS = ("n", "flux_rel_abs_err_median", "flux_rel_abs_err_mean", "flux_rel_abs_err_p90",
              "flux_rel_err_median", "catastrophic_fraction", "e_abs_err_median", "e_abs_err_p90", "e_err_rms",
-             "mag_err_median", "hsm_failures")
+             "e_abs_err_rms", "e1_err_median", "e2_err_median", "mag_err_median", "hsm_failures")
 
 # A deblender: scene -> {output name: (images (n_peaks, bands, h, w) on the blend grid, r fluxes (n_peaks,)
 # or None for the images' sums)}.
@@ -111,6 +111,9 @@ class BenchConfig:
         Blends each deblender runs before the timed ones (compilation, caches), not scored.
     bootstrap : `int`
         Bootstrap resamplings of the blends for the shear errors.
+    isolated_bound : `bool`
+        Also score the VAE on every galaxy alone (`central.isolated_reconstructions`, row
+        ``vae:isolated``): the bound of any deblender built on its decoder.
     """
 
     n: int = 1000
@@ -127,6 +130,7 @@ class BenchConfig:
     threads: int = 1
     warmup: int = 3
     bootstrap: int = 1000
+    isolated_bound: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.deblenders) - set(DEBLENDERS)
@@ -221,6 +225,7 @@ def vae_deblender(weights: str, fit_steps: int = 0) -> Deblender:
                       variance=scenes[0].variance)
         return time.perf_counter() - start
 
+    run.net = net
     run.stamp_size = net.stamp_size
     run.bands = net.bands
     run.batched = batched
@@ -263,6 +268,8 @@ def no_deblender(scene: Scene) -> dict[str, tuple[np.ndarray, np.ndarray | None]
 
 # The row a deblender's primary output is scored under; other outputs are scored as "<name>:<output>".
 _PRIMARY = {"conserved", "pixels", "blend"}
+# The row of the VAE on every galaxy alone (``BenchConfig.isolated_bound``).
+ISOLATED_ROW = "vae:isolated"
 
 
 def _make_deblenders(config: BenchConfig) -> dict[str, Deblender]:
@@ -319,6 +326,9 @@ def stats(df: np.ndarray, dg1: np.ndarray, dg2: np.ndarray) -> dict:
         "e_abs_err_median": float(np.median(dg[ok])) if ok.any() else nan,
         "e_abs_err_p90": float(np.percentile(dg[ok], 90)) if ok.any() else nan,
         "e_err_rms": float(np.sqrt(np.mean(np.concatenate([dg1[ok], dg2[ok]]) ** 2))) if ok.any() else nan,
+        "e_abs_err_rms": float(np.sqrt(np.mean(dg[ok] ** 2))) if ok.any() else nan,
+        "e1_err_median": float(np.median(dg1[ok])) if ok.any() else nan,
+        "e2_err_median": float(np.median(dg2[ok])) if ok.any() else nan,
         "mag_err_median": float(np.nanmedian(dmag)) if np.isfinite(dmag).any() else nan,
         "hsm_failures": int((~ok).sum()),
     }
@@ -373,8 +383,21 @@ def _set_threads(threads: int) -> None:
                                        "intra_op_parallelism_threads=1").strip()
 
 
-def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True) -> dict:
+def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True,
+              maker: BlendMaker | None = None, title: str | None = None) -> dict:
     """Run every deblender of ``config`` on the same blends; write ``bench.json``, ``bench.md`` and plots.
+
+    Parameters
+    ----------
+    config : `BenchConfig`
+    out_dir : `str` or `pathlib.Path`
+    progress : `bool`
+        Show a progress bar.
+    maker : `BlendMaker`, optional
+        Makes the test blends, instead of the one of ``config``'s preset, catalogue and PSF (the shift
+        suite's sets, `evaluate.suite`); its bands and stamp size must be the weights'.
+    title : `str`, optional
+        What the blends are, for the tables (``config``'s preset by default).
 
     Returns
     -------
@@ -382,21 +405,25 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True) -
         What ``bench.json`` holds: ``config``, ``machine``, ``detection`` (peaks found, missed, spurious)
         and ``deblenders``: one entry per row, each with ``seconds_per_blend_median`` and ``_mean``,
         ``measured_on``, ``all`` and ``central`` (`STAT_KEYS`), ``by_blendedness``, ``by_snr`` and
-        ``by_mag``, and with ``--shear`` its ``shear`` response (`shear_response`).
+        ``by_mag``, and with ``--shear`` its ``shear`` response (`shear_response`); ``blends``, the
+        blend configuration and galaxy source the blends were made with.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _set_threads(config.threads)
     deblenders = _make_deblenders(config)
-    vae = next((d for d in deblenders.values() if hasattr(d, "stamp_size")), None)
+    vae = next((d for d in deblenders.values() if hasattr(d, "net")), None)
     if vae is None:
         from ..deblend.network import load_deblender
 
         net = load_deblender(config.weights)
-        stamp_size, bands = net.stamp_size, net.bands
     else:
-        stamp_size, bands = vae.stamp_size, vae.bands
-    maker = _maker(config, bands, stamp_size)
+        net = vae.net
+    if maker is None:
+        maker = _maker(config, net.bands, net.stamp_size)
+    elif tuple(maker.survey.band_names) != tuple(net.bands) or maker.config.stamp_size != net.stamp_size:
+        raise ValueError(f"The blends' bands {maker.survey.band_names} and stamp size "
+                         f"{maker.config.stamp_size} differ from the weights' ({net.bands}, {net.stamp_size}).")
     psfs = np.stack([band.psf_image(PSF_SIZE) for band in maker.survey.bands])
     r = maker.survey.band_names.index("r")
 
@@ -410,6 +437,8 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True) -
     batched_seconds = {name: 0.0 for name, run in deblenders.items() if hasattr(run, "batched")}
     per_row: dict[str, dict[str, list]] = {}
     seconds: dict[str, list[float]] = {name: [] for name in deblenders}
+    if config.isolated_bound:
+        seconds[ISOLATED_ROW] = []
     truth_rows: dict[str, list] = {k: [] for k in ("blend", "central", "snr", "blendedness", "mag")}
     counts = {"truth": 0, "detected": 0, "matched": 0, "missed": 0, "spurious": 0}
     shear_data = _ShearData(config.shear_g) if config.shear else None
@@ -431,19 +460,29 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True) -
         truth_rows["mag"].extend(blend.truth["mag"][good, r])
         g_true = np.stack([blend.truth["g1"][good], blend.truth["g2"][good]], axis=1)
         g_true[blend.truth["hsm_failed"][good]] = np.nan
+        rows_of_blend: list[tuple[str, str, np.ndarray, np.ndarray | None, np.ndarray]] = []
         for name, run in deblenders.items():
             start = time.perf_counter()
             outputs = run(scene)
             seconds[name].append(time.perf_counter() - start)
-            for output, (images, fluxes) in outputs.items():
-                index = matched[good]
-                flux, g1, g2 = _shapes(images[index], None if fluxes is None else fluxes[index],
-                                       scene.peaks[index], r)
-                row = per_row.setdefault(_row_name(name, output), {"df": [], "dg1": [], "dg2": [],
-                                                                   "deblender": name, "output": output})
-                row["df"].extend((flux - f_true) / f_true)
-                row["dg1"].extend(g1 - g_true[:, 0])
-                row["dg2"].extend(g2 - g_true[:, 1])
+            index = matched[good]
+            rows_of_blend += [(name, output, images[index], None if fluxes is None else fluxes[index],
+                               scene.peaks[index]) for output, (images, fluxes) in outputs.items()]
+        if config.isolated_bound:
+            start = time.perf_counter()
+            centers = np.rint(np.stack([blend.truth["x"], blend.truth["y"]], axis=1)[good]).astype(np.int64)
+            alone = isolated_reconstructions(net, blend.truth_images[good], centers,
+                                             np.broadcast_to(blend.variance, (len(centers), len(net.bands))),
+                                             np.random.default_rng([config.seed, 4242, i]))
+            seconds[ISOLATED_ROW].append(time.perf_counter() - start)
+            rows_of_blend.append((ISOLATED_ROW, "isolated", alone, None, centers.astype(np.float64)))
+        for name, output, images, fluxes, peaks in rows_of_blend:
+            flux, g1, g2 = _shapes(images, fluxes, peaks, r)
+            row = per_row.setdefault(name if name == ISOLATED_ROW else _row_name(name, output),
+                                     {"df": [], "dg1": [], "dg2": [], "deblender": name, "output": output})
+            row["df"].extend((flux - f_true) / f_true)
+            row["dg1"].extend(g1 - g_true[:, 0])
+            row["dg2"].extend(g2 - g_true[:, 1])
         if shear_data is not None:
             shear_data.add(i, maker, config, blend, scene, deblenders, psfs)
         batch.append(scene)
@@ -455,7 +494,10 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True) -
     truth = {k: np.asarray(v) for k, v in truth_rows.items()}
     central = truth["central"].astype(bool)
     result = {
+        "title": title or config.preset,
         "config": {**dataclasses.asdict(config), "deblenders": list(config.deblenders)},
+        "blends": {**dataclasses.asdict(maker.config),
+                   "galaxies": getattr(maker.source, "description", type(maker.source).__name__)},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpus": os.cpu_count(), "threads": config.threads},
         "detection": {**counts, "match_radius_px": MATCH_RADIUS, "peaks": config.peaks},
@@ -475,7 +517,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True) -
             "by_snr": _binned(df, dg1, dg2, truth["snr"], SNR_BINS),
             "by_mag": _binned(df, dg1, dg2, truth["mag"], MAG_BINS),
         }
-        if shear_data is not None:
+        if shear_data is not None and row["deblender"] != ISOLATED_ROW:
             entry["shear"] = shear_data.response(row["deblender"], row["output"], config)
         result["deblenders"][row_name] = entry
     if shear_data is not None:
@@ -500,7 +542,8 @@ def metrics_table(result: dict) -> str:
     cfg = result["config"]
     det = result["detection"]
     psf = f", PSF FWHM {cfg['psf_fwhm']}\"" if cfg.get("psf_fwhm") else ""
-    lines = [f"# Bench: {result['n_blends']} blends ({cfg['preset']}{psf}, seed {cfg['seed']}, "
+    title = result.get("title", cfg["preset"])
+    lines = [f"# Bench: {result['n_blends']} blends ({title}{psf}, seed {cfg['seed']}, "
              f"{'catalogue ' + str(cfg['catalog']) if cfg['catalog'] else 'built-in generator'}, "
              f"{cfg['peaks']} peaks), {result['n_galaxies']} galaxies scored", ""]
     if cfg["peaks"] == "detected":
@@ -530,7 +573,7 @@ def metrics_table(result: dict) -> str:
         lines += [f"## Shear response (g = +-{cfg['shear_g']} on each component, same noise)", "",
                   "| row | m | c1 | c2 | m (r < 24) | galaxies used |", "|---|---|---|---|---|---|"]
         rows = [("noise only (isolated truth + the blend's noise)", result["shear_noise_only"])]
-        rows += [(name, e["shear"]) for name, e in result["deblenders"].items()]
+        rows += [(name, e["shear"]) for name, e in result["deblenders"].items() if "shear" in e]
         for name, s in rows:
             lines.append(f"| {name} | {s['m']:+.4f} +- {s['m_err']:.4f} | {s['c']:+.5f} +- {s['c_err']:.5f} "
                          f"| {s['c2']:+.5f} +- {s['c2_err']:.5f} | {s['m_bright']:+.4f} +- "

@@ -15,7 +15,7 @@ galaxy's model is scored against its noiseless isolated image, with the same PSF
 
 from __future__ import annotations
 
-__all__ = ["evaluate", "score", "central_metrics", "tile_field"]
+__all__ = ["evaluate", "score", "central_metrics", "tile_field", "isolated_reconstructions"]
 
 import json
 import time
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..deblend.field import DeblendConfig, deblend_field, paste_stamp
+from ..deblend.field import DeblendConfig, cut_stamp, deblend_field, paste_stamp
 from ..deblend.network import VaeDeblender
 from ..model.training import network_output
 from ..sim.blend import BlendConfig, BlendMaker, CatalogGalaxies
@@ -120,15 +120,51 @@ def _baseline(blend, r: int, scale: float) -> dict:
 
 
 @torch.no_grad()
+def isolated_reconstructions(deblender: VaeDeblender, images: np.ndarray, centers: np.ndarray,
+                             variances: np.ndarray, rng: np.random.Generator, batch: int = 256) -> np.ndarray:
+    """The VAE itself on each galaxy alone (its noiseless image plus fresh noise): the reconstruction
+    bound of any deblender built on this decoder.
+
+    Parameters
+    ----------
+    deblender : `VaeDeblender`
+        Its VAE (encoder mean, then decoder) reconstructs each galaxy.
+    images : `numpy.ndarray` (n, bands, h, w)
+        Noiseless image of each galaxy alone, on its blend's grid.
+    centers : `numpy.ndarray` (n, 2) of `int`
+        Pixel (x, y) each galaxy's stamp is cut around (zero-padded beyond the grid, as the deblender's
+        stamps are).
+    variances : `numpy.ndarray` (n, bands)
+        Noise variance per pixel added to each image.
+    rng : `numpy.random.Generator`
+        Draws the noise.
+    batch : `int`
+        Stamps per network call.
+
+    Returns
+    -------
+    models : `numpy.ndarray` (n, bands, h, w), float32
+        Each reconstruction placed back on its image's grid, electrons.
+    """
+    sigma = np.sqrt(np.asarray(variances, dtype=np.float64))[:, :, None, None]
+    noisy = (images + rng.standard_normal(images.shape) * sigma).astype(np.float32)
+    size = deblender.stamp_size
+    stamps = np.stack([cut_stamp(noisy[k], tuple(centers[k]), size)[0] for k in range(len(images))])
+    models = np.zeros_like(noisy)
+    for lo in range(0, len(stamps), batch):
+        x = deblender.norm.forward(torch.from_numpy(stamps[lo:lo + batch]).to(deblender.device))
+        mean, _ = deblender.vae.encoder(x)
+        decoded = deblender.norm.inverse(network_output(deblender.vae.decoder(mean), deblender.likelihood))
+        for k, model in enumerate(decoded.cpu().numpy(), start=lo):
+            paste_stamp(models[k], model, tuple(centers[k]))
+    return models
+
+
 def _isolated_bound(deblender: VaeDeblender, blends: list, r: int, rng: np.random.Generator) -> dict:
-    """The VAE itself on the isolated central galaxy (fresh noise): the reconstruction bound."""
+    """`isolated_reconstructions` of every blend's central galaxy, scored."""
     central = np.stack([b.truth_images[0] for b in blends])
-    sigma = np.sqrt(np.stack([b.variance for b in blends]))[:, :, None, None]
-    noisy = torch.from_numpy((central + rng.standard_normal(central.shape) * sigma).astype(np.float32))
-    x = deblender.norm.forward(noisy.to(deblender.device))
-    mean, _ = deblender.vae.encoder(x)
-    models = deblender.norm.inverse(network_output(deblender.vae.decoder(mean), deblender.likelihood))
-    models = models.cpu().numpy()
+    centers = np.rint([(b.truth["x"][0], b.truth["y"][0]) for b in blends]).astype(np.int64)
+    models = isolated_reconstructions(deblender, central, centers, np.stack([b.variance for b in blends]), rng)
     rows = [central_metrics(models[k, r], central[k, r], (b.truth["x"][0], b.truth["y"][0]))
             for k, b in enumerate(blends)]
     return {key: np.array([row[key] for row in rows]) for key in rows[0]}

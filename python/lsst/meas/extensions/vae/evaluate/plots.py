@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["plot_binned", "plot_examples", "plot_bench"]
+__all__ = ["plot_binned", "plot_examples", "plot_bench", "plot_suite"]
 
 from pathlib import Path
 
@@ -121,3 +121,58 @@ def plot_bench(result: dict, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+# The rows a suite plot shows, and their colours.
+_SUITE_ROWS = {"vae": "C0", "vae-fit": "C1", "scarlet": "C2", "none": "C7", "vae:isolated": "C4"}
+
+
+def plot_suite(suite: dict, path: str | Path, bins_path: str | Path) -> tuple[Path, Path]:
+    """The shift suite: every set's headline figures side by side (``path``), and every set's mean and
+    median abs(df/f) against r magnitude (``bins_path``)."""
+    sets = {name: e["result"]["deblenders"] for name, e in suite["sets"].items() if not e["skipped"]}
+    names = list(sets)
+    fig, axes = plt.subplots(2, 2, figsize=(15, 8))
+    panels = (("flux_rel_abs_err_median", "median abs(df/f)", True), ("flux_rel_abs_err_mean",
+              "mean abs(df/f)", True), ("catastrophic_fraction", "fraction abs(df/f) > 1", False),
+              ("e_abs_err_rms", "abs(dg) RMS", False))
+    width = 0.8 / len(_SUITE_ROWS)
+    x = np.arange(len(names))
+    for ax, (key, label, log) in zip(axes.flat, panels):
+        for k, (row, colour) in enumerate(_SUITE_ROWS.items()):
+            values = [rows[row]["all"][key] if row in rows else np.nan for rows in sets.values()]
+            ax.bar(x + (k - len(_SUITE_ROWS) / 2 + 0.5) * width, values, width, color=colour, label=row)
+        ax.set_xticks(x, names, fontsize=8, rotation=20)
+        ax.set_ylabel(f"{label} (r, all galaxies)")
+        if log:
+            ax.set_yscale("log")
+    axes[0, 0].legend(fontsize=8)
+    cfg = suite["config"]
+    fig.suptitle(f"Shift suite: {cfg['n']} blends per set (latent fit on {cfg['fit_n'] or cfg['n']}), "
+                 f"weights {cfg['weights']}; conserved children for vae, vae-fit and scarlet")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+    columns = 3
+    rows_of_plot = max(1, int(np.ceil(len(names) / columns)))
+    fig, axes = plt.subplots(rows_of_plot, columns, figsize=(15, 3.6 * rows_of_plot), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for row, colour in _SUITE_ROWS.items():
+            if row not in sets[name]:
+                continue
+            bins = [b for b in sets[name][row]["by_mag"] if b["n"] > 0]
+            centres = [0.5 * (b["lo"] + b["hi"]) for b in bins]
+            ax.plot(centres, [b["flux_rel_abs_err_mean"] for b in bins], "o-", color=colour, label=row)
+            ax.plot(centres, [b["flux_rel_abs_err_median"] for b in bins], "s:", color=colour)
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("r magnitude")
+        ax.set_ylabel("abs(df/f): mean (-), median (:)")
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(bins_path, dpi=90)
+    plt.close(fig)
+    return Path(path), Path(bins_path)
