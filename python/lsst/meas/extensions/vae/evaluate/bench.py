@@ -206,7 +206,7 @@ def vae_deblender(weights: str, fit_steps: int = 0) -> Deblender:
     def run(scene: Scene) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         children, parents = deblend_field(scene.image, scene.peaks, net, net.stamp_size,
                                           footprints=scene.footprint.astype(np.int32), config=config,
-                                          variance=scene.variance)
+                                          variance=scene.variance, psf=scene.psfs)
         shape = scene.image.shape
         models = _on_grid([c.model for c in children], [c.origin for c in children], shape)
         parent = parents[0]
@@ -220,9 +220,10 @@ def vae_deblender(weights: str, fit_steps: int = 0) -> Deblender:
         field, peaks, parents, labels, _ = tile_field(
             [sc.image for sc in scenes], [sc.peaks for sc in scenes], net.stamp_size // 2 + 1,
             [sc.footprint for sc in scenes])
+        psf = np.concatenate([np.broadcast_to(sc.psfs, (len(sc.peaks),) + sc.psfs.shape) for sc in scenes])
         start = time.perf_counter()
         deblend_field(field, peaks, net, net.stamp_size, parents=parents, footprints=labels, config=config,
-                      variance=scenes[0].variance)
+                      variance=scenes[0].variance, psf=psf)
         return time.perf_counter() - start
 
     run.net = net
@@ -358,6 +359,12 @@ def _scene(blend: Blend, maker: BlendMaker, psfs: np.ndarray, peaks_mode: str,
     return scene, matched
 
 
+def _blend_psfs(blend: Blend, survey_psfs: np.ndarray) -> np.ndarray:
+    """A blend's own PSF images (drawn per blend where its configuration draws conditions; the survey's
+    otherwise), else the survey's."""
+    return survey_psfs if blend.psf is None else np.asarray(blend.psf, dtype=np.float32)
+
+
 def _maker(config: BenchConfig, bands: tuple[str, ...] | None, stamp_size: int) -> BlendMaker:
     source = None
     if config.catalog:
@@ -423,13 +430,15 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True,
         maker = _maker(config, net.bands, net.stamp_size)
     elif tuple(maker.survey.band_names) != tuple(net.bands) or maker.config.stamp_size != net.stamp_size:
         raise ValueError(f"The blends' bands {maker.survey.band_names} and stamp size "
-                         f"{maker.config.stamp_size} differ from the weights' ({net.bands}, {net.stamp_size}).")
+                         f"{maker.config.stamp_size} differ from the weights' ({net.bands}, "
+                         f"{net.stamp_size}).")
     psfs = np.stack([band.psf_image(PSF_SIZE) for band in maker.survey.bands])
     r = maker.survey.band_names.index("r")
 
     # Warm-up blends of another stream (the validation split), neither timed nor scored.
     for i in range(config.warmup):
-        scene, _ = _scene(maker.make(config.seed, i, split="validation"), maker, psfs, config.peaks)
+        blend = maker.make(config.seed, i, split="validation")
+        scene, _ = _scene(blend, maker, _blend_psfs(blend, psfs), config.peaks)
         for run in deblenders.values():
             run(scene)
 
@@ -444,8 +453,9 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True,
     shear_data = _ShearData(config.shear_g) if config.shear else None
     for i in tqdm(range(config.n), desc="bench", unit="blend", disable=not progress):
         blend = maker.make(config.seed, i, split="test")
-        detection = _detect(blend, psfs)
-        scene, matched = _scene(blend, maker, psfs, config.peaks, detection)
+        blend_psfs = _blend_psfs(blend, psfs)
+        detection = _detect(blend, blend_psfs)
+        scene, matched = _scene(blend, maker, blend_psfs, config.peaks, detection)
         good = matched >= 0
         counts["truth"] += len(matched)
         counts["detected"] += len(scene.peaks)
@@ -484,7 +494,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True,
             row["dg1"].extend(g1 - g_true[:, 0])
             row["dg2"].extend(g2 - g_true[:, 1])
         if shear_data is not None:
-            shear_data.add(i, maker, config, blend, scene, deblenders, psfs)
+            shear_data.add(i, maker, config, blend, scene, deblenders, blend_psfs)
         batch.append(scene)
         if len(batch) == BATCH_BLENDS or i == config.n - 1:
             for name in batched_seconds:
