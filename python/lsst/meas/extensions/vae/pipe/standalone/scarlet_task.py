@@ -156,8 +156,11 @@ class ScarletDeblendTask(VaeDeblendTask):
 
     def _deblend_region(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
                         parent_labels: np.ndarray, members: dict[int, np.ndarray], peak_xy: np.ndarray,
-                        todo: np.ndarray, noise: np.ndarray | None = None) -> dict[int, _Outcome]:
-        """Fit each parent ``todo`` on its footprint's box; a parent that fails is flagged, not raised."""
+                        todo: np.ndarray, noise: np.ndarray | None = None,
+                        psf: np.ndarray | None = None) -> dict[int, _Outcome]:
+        """Fit each parent ``todo`` on its footprint's box (scarlet reads each band's PSF from the coadds
+        itself: ``noise`` and ``psf``, the VAE's inputs, are unused); a parent that fails is flagged, not
+        raised."""
         from ...compare.scarlet import scarlet_deblend
 
         variance, psfs = self._planes
