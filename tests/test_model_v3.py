@@ -168,11 +168,11 @@ def test_conditioned_deblender_takes_psf_and_noise(tiny_v3, caplog):
     # The PSF reaches the model and the noise level the code (the direction of the PSF's effect on a
     # compact galaxy is tested on the decoder above: this briefly trained one draws broad blobs).
     with torch.no_grad():
-        z = torch.from_numpy(net.encode(stamps, neighbours, psf=blend.psf, variance=blend.variance))
+        z = torch.from_numpy(net.encode(stamps, neighbours, psf=blend.psf, variance=blend.variance)[0])
         narrow = net.decode(z, torch.from_numpy(_gaussian_psf(0.5)[None])).numpy()[0, 2]
         wide = net.decode(z, torch.from_numpy(_gaussian_psf(1.2)[None])).numpy()[0, 2]
     assert np.abs(wide - narrow).max() > 1e-3 * np.abs(narrow).max()
-    deep = net.encode(stamps, neighbours, psf=blend.psf, variance=blend.variance / 4)
+    deep = net.encode(stamps, neighbours, psf=blend.psf, variance=blend.variance / 4)[0]
     assert not np.allclose(deep, z.numpy())
     # Inputs outside the training range are reported once, with what to check.
     with caplog.at_level(logging.WARNING, logger="lsst.meas.extensions.vae"):
@@ -231,3 +231,77 @@ def test_binned_blends_see_the_sky_on_coarser_pixels():
         # The same galaxies, the same flux, on coarser pixels.
         np.testing.assert_allclose(binned.truth["flux"], plain.truth["flux"])
         assert psf_fwhm_pixels(binned.psf[2]) < psf_fwhm_pixels(plain.psf[2])
+
+
+@pytest.fixture(scope="module")
+def scaled_bundle(tiny_v3):
+    """The tiny v3 networks bundled with an amplitude reference: every stamp brighter than a faint core
+    is divided down to it (the mechanism, not trained weights)."""
+    import dataclasses
+
+    from lsst.meas.extensions.vae.model.weights import load_model, save_bundle
+
+    root = tiny_v3["root"]
+    vae, norm, meta = load_model(root / "vae" / "best.safetensors", kind="vae")
+    deblender, _, deb_meta = load_model(root / "deblender" / "best.safetensors", kind="deblender")
+    scaled = dataclasses.replace(norm, amplitude_reference=20.0)
+    return save_bundle(root / "tiny_v3_scaled.safetensors", vae, deblender, scaled, meta["likelihood"],
+                       extra={key: deb_meta[key] for key in ("data_config", "trained_over")})
+
+
+def test_amplitude_factor_makes_models_scale_with_the_data(scaled_bundle, tiny_v3):
+    net = VaeDeblender(str(scaled_bundle), device="cpu")
+    assert net.norm.amplitude_reference == 20.0
+    blend = BlendMaker(BlendConfig.preset("wide", **TINY_WIDE, min_galaxies=2)).make(9, 3, split="test")
+    stamps = blend.image[None].astype(np.float32)
+    neighbours = np.full((1, 1, 2), np.nan)
+    codes, factors = net.encode(stamps, neighbours, psf=blend.psf, variance=blend.variance)
+    assert factors[0] > 1.0
+    # Ten times the light and ten times the noise sigma: the same stamp to the network, ten times the model.
+    for run in (lambda s, v: net(s, neighbours, psf=blend.psf, variance=v)[0],
+                lambda s, v: net.reconstruct(s, psf=blend.psf, variance=v)):
+        model, bright = run(stamps, blend.variance), run(10 * stamps, 100 * blend.variance)
+        np.testing.assert_allclose(bright, 10 * model, rtol=2e-4, atol=1e-4 * np.abs(bright).max())
+    bright_codes, bright_factors = net.encode(10 * stamps, neighbours, psf=blend.psf,
+                                              variance=100 * blend.variance)
+    np.testing.assert_allclose(bright_factors, 10 * factors, rtol=1e-5)
+    np.testing.assert_allclose(bright_codes, codes, rtol=1e-4, atol=1e-4)
+    # Without the reference the same networks do not scale (their flux comes from the code alone).
+    plain = VaeDeblender(str(tiny_v3["bundle"]), device="cpu")
+    a = plain(stamps, neighbours, psf=blend.psf, variance=blend.variance)[0]
+    b = plain(10 * stamps, neighbours, psf=blend.psf, variance=100 * blend.variance)[0]
+    assert not np.allclose(b, 10 * a, rtol=0.05)
+
+
+def test_latent_fit_keeps_the_amplitude_factors(scaled_bundle):
+    from lsst.meas.extensions.vae.deblend.field import DeblendConfig, deblend_field
+
+    net = VaeDeblender(str(scaled_bundle), device="cpu")
+    blend = BlendMaker(BlendConfig.preset("wide", **TINY_WIDE, min_galaxies=2)).make(9, 1, split="test")
+    peaks = np.stack([blend.truth["x"], blend.truth["y"]], axis=1)
+    encoder, _ = deblend_field(blend.image, peaks, net, net.stamp_size, psf=blend.psf,
+                               variance=blend.variance, config=DeblendConfig(conserve_flux=False))
+    # A fit of zero length is the encoder's models; a short fit stays near them (the factors reach the
+    # fit's decoder: without them the fitted models would start a factor away).
+    fitted, _ = deblend_field(blend.image, peaks, net, net.stamp_size, psf=blend.psf,
+                              variance=blend.variance, config=DeblendConfig(conserve_flux=False, fit_steps=3,
+                                                                            fit_learning_rate=1e-3))
+    for e, f in zip(encoder, fitted):
+        np.testing.assert_allclose(f.flux_model, e.flux_model, rtol=0.05,
+                                   atol=1e-3 * np.abs(e.flux_model).max())
+
+
+def test_training_with_an_amplitude_reference_learns(tiny_v3):
+    from lsst.meas.extensions.vae.model.training import TrainConfig, train
+    from lsst.meas.extensions.vae.model.weights import load_model
+
+    root = tiny_v3["root"]
+    with pytest.raises(ValueError, match="amplitude_reference"):
+        TrainConfig(kind="vae", amplitude_reference=20.0)
+    run = train(TrainConfig(kind="vae", out_dir=str(root / "vae_scaled"), train_dir=str(root / "train"),
+                            val_dir=str(root / "val"), batch_size=32, epoch_size=256, max_epochs=2,
+                            patience=10, lr=2e-3, seed=0, bf16=False, conditioned=True,
+                            amplitude_reference=20.0, clip_grad_norm=50.0), progress=False)
+    assert run["best_val_loss"] < 0.9 * run["initial_val_loss"]
+    _, norm, _ = load_model(root / "vae_scaled" / "best.safetensors", kind="vae")
+    assert norm.amplitude_reference == 20.0

@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--colour-jitter", type=float, default=0.0,
                        help="magnitudes of random per-band factors on the galaxies (colours beyond the "
                        "templates)")
+        t.add_argument("--clip-grad-norm", type=float, default=0.0,
+                       help="clip the gradient's norm to this before each step (0: no clipping)")
+        if kind == "vae":
+            t.add_argument("--amplitude-reference", type=float, default=0.0,
+                           help="conditioned VAE: stamps with a brighter core (summed-band flux of the "
+                           "central 9x9 pixels in units of the full-depth noise sigma) are divided down to "
+                           "it and the models multiplied back (0: off)")
 
     bundle = commands.add_parser("bundle", help="write shipped weights from a trained VAE and deblender")
     bundle.add_argument("--vae", default="runs/vae")
@@ -267,7 +274,8 @@ def train_model(args: argparse.Namespace) -> dict:
         patience=args.patience, max_minutes=args.max_minutes, seed=args.seed, bf16=not args.no_bf16,
         vae_weights=getattr(args, "vae", ""), init_encoder=getattr(args, "init_encoder", ""),
         conditioned=args.conditioned, augment=args.augment,
-        neighbour_jitter=getattr(args, "neighbour_jitter", 0.0), colour_jitter=args.colour_jitter)
+        neighbour_jitter=getattr(args, "neighbour_jitter", 0.0), colour_jitter=args.colour_jitter,
+        amplitude_reference=getattr(args, "amplitude_reference", 0.0), clip_grad_norm=args.clip_grad_norm)
     command = "vae-deblend " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vae-deblend") else ""
     summary = train(config, resume=args.resume, command=command, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))

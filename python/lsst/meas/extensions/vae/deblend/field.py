@@ -436,7 +436,7 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
         stamps = np.stack([views.stamp(i, tuple(centers[i]), stamp_size, models[i]) for i in active]) \
             if len(active) else models[:0]
         if last and config.fit_steps > 0:
-            codes = model.encode(stamps, neighbours[active], **conditions(active))
+            codes = model.encode(stamps, neighbours[active], **conditions(active))  # (codes, factors)
         models[active], flux_std_active = model(stamps, neighbours[active], config.n_samples if last else 0,
                                                 **conditions(active))
         if last and flux_std_active is not None:
@@ -485,8 +485,9 @@ def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarra
          models: np.ndarray, codes: np.ndarray | None, active_groups: list[np.ndarray], stamp_size: int,
          config: DeblendConfig, conditions: _StampConditions) -> np.ndarray:
     """The joint latent fit of every parent's galaxies (the peaks on the image, by parent), starting from
-    the encoder's ``codes`` of their ``models`` (encoded here when `None`); returns the fitted models of
-    the peaks on the image, in increasing index order."""
+    the encoder's ``codes`` (latent codes and amplitude factors, from ``model.encode``) of their
+    ``models`` (encoded here when `None`); returns the fitted models of the peaks on the image, in
+    increasing index order."""
     active = np.sort(np.concatenate(active_groups))
     if codes is None:  # one pass only: encode each galaxy on its parent's view minus the others
         views = _ParentViews(clean, footprints, labels, centers, active_groups, stamp_size // 2 + 1)
@@ -497,14 +498,15 @@ def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarra
         del stamps, views
     if variance is None:
         variance = estimate_variance(clean, footprints, bad)
+    latents, factors = codes
     _, fitted = fit_latents(clean, 1.0 / np.asarray(variance, dtype=np.float64), bad, centers[active],
-                            labels[active], codes, models[active], model.decode, stamp_size,
+                            labels[active], latents, models[active], model.decode, stamp_size,
                             steps=config.fit_steps, learning_rate=config.fit_learning_rate,
                             prior_weight=config.fit_prior_weight,
                             amplitude_sigma=config.fit_amplitude_sigma,
                             latent_scale=getattr(model, "latent_scale", None),
                             device=getattr(model, "device", "cpu"),
-                            footprints=footprints, psf=conditions(active).get("psf"))
+                            footprints=footprints, psf=conditions(active).get("psf"), factors=factors)
     return fitted
 
 

@@ -96,7 +96,8 @@ def fit_latents(image: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray
                 amplitude_sigma: float = 0.0, latent_scale: np.ndarray | None = None,
                 device: torch.device | str = "cpu", max_pixels: int = 2_000_000, max_galaxies: int = 512,
                 progress: bool = False, footprints: np.ndarray | None = None,
-                psf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                psf: np.ndarray | None = None, factors: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
     """Fit the latent codes of every parent's galaxies jointly to the image.
 
     Parameters
@@ -139,6 +140,9 @@ def fit_latents(image: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray
         fit (all pixels count when not given).
     psf : `numpy.ndarray` (n, bands, p, p), optional
         Each galaxy's PSF images, for a PSF-aware decoder: ``decode(z, psf)``.
+    factors : `numpy.ndarray` (n,), optional
+        Each galaxy's amplitude factor (weights that divide bright stamps down, `VaeDeblender.encode`):
+        ``decode(z, psf, factors)``.
 
     Returns
     -------
@@ -205,8 +209,14 @@ def fit_latents(image: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray
         psf_t = None if psf is None else torch.from_numpy(np.ascontiguousarray(psf[members],
                                                                                 dtype=np.float32)).to(device)
 
+        factors_t = None if factors is None else torch.from_numpy(
+            np.asarray(factors, dtype=np.float32)[members]).to(device)
+
         def render(z: torch.Tensor) -> torch.Tensor:
-            model = decode(z) if psf_t is None else decode(z, psf_t)
+            if factors_t is not None:
+                model = decode(z, psf_t, factors_t)
+            else:
+                model = decode(z) if psf_t is None else decode(z, psf_t)
             return model * torch.exp(log_amplitude) if free else model
 
         for _ in range(steps):

@@ -168,30 +168,65 @@ class VaeDeblender:
         for lo in range(0, n, self.batch_size):
             hi = min(n, lo + self.batch_size)
             psf_batch = self._psf_tensor(psf, lo, hi)
-            mean, log_std = self._encode_batch(stamps[lo:hi], neighbours[lo:hi], psf_batch,
-                                               None if variance is None else variance[lo:hi])
-            models[lo:hi] = self.decode(mean, psf_batch).cpu().numpy()
+            mean, log_std, factors = self._encode_batch(stamps[lo:hi], neighbours[lo:hi], psf_batch,
+                                                        None if variance is None else variance[lo:hi])
+            models[lo:hi] = self.decode(mean, psf_batch, factors).cpu().numpy()
             if n_samples:
                 fluxes = []
                 for _ in range(n_samples):
                     eps = torch.randn(mean.shape, generator=generator, device=self.device)
-                    fluxes.append(self.decode(mean + eps * log_std.exp(), psf_batch).sum(dim=(2, 3)))
+                    fluxes.append(self.decode(mean + eps * log_std.exp(), psf_batch, factors).sum(dim=(2, 3)))
                 flux_std[lo:hi] = torch.stack(fluxes).std(dim=0).cpu().numpy()
         return models, flux_std
 
     @torch.no_grad()
     def encode(self, stamps: np.ndarray, neighbours: np.ndarray, psf: np.ndarray | None = None,
-               variance: np.ndarray | None = None) -> np.ndarray:
-        """The encoder's latent code (the mean) of the galaxy at the centre of each stamp, (n, latent);
-        ``psf`` and ``variance`` as for `__call__`."""
-        codes = []
+               variance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The encoder's latent code (the mean) of the galaxy at the centre of each stamp, (n, latent),
+        and each stamp's amplitude factor (n,) that its decoded model is multiplied by
+        (`Normalization.stamp_factors`; ones for weights without one); ``psf`` and ``variance`` as for
+        `__call__`."""
+        codes, factors = [], []
         psf, variance = self._conditions(len(stamps), psf, variance)
         for lo in range(0, len(stamps), self.batch_size):
             hi = min(len(stamps), lo + self.batch_size)
-            codes.append(self._encode_batch(stamps[lo:hi], neighbours[lo:hi], self._psf_tensor(psf, lo, hi),
-                                            None if variance is None else variance[lo:hi])[0].cpu().numpy())
-        return (np.concatenate(codes) if codes
-                else np.zeros((0, self.vae.config.latent), dtype=np.float32))
+            mean, _, factor = self._encode_batch(stamps[lo:hi], neighbours[lo:hi],
+                                                 self._psf_tensor(psf, lo, hi),
+                                                 None if variance is None else variance[lo:hi])
+            codes.append(mean.cpu().numpy())
+            factors.append(factor.cpu().numpy())
+        if not codes:
+            return np.zeros((0, self.vae.config.latent), dtype=np.float32), np.ones(0, dtype=np.float32)
+        return np.concatenate(codes), np.concatenate(factors)
+
+    @torch.no_grad()
+    def reconstruct(self, stamps: np.ndarray, psf: np.ndarray | None = None,
+                    variance: np.ndarray | None = None) -> np.ndarray:
+        """The VAE's reconstruction (encoder mean, then decoder) of the galaxy alone on each stamp: the
+        bound of any deblender built on this decoder.
+
+        Parameters
+        ----------
+        stamps : `numpy.ndarray`, (n, bands, size, size)
+            Images of isolated galaxies in electrons, each on the central pixel.
+        psf, variance : `numpy.ndarray`, optional
+            As for `__call__`.
+
+        Returns
+        -------
+        models : `numpy.ndarray`, (n, bands, size, size), float32
+        """
+        n = len(stamps)
+        models = np.zeros((n,) + tuple(stamps.shape[1:]), dtype=np.float32)
+        psf, variance = self._conditions(n, psf, variance)
+        for lo in range(0, n, self.batch_size):
+            hi = min(n, lo + self.batch_size)
+            psf_batch = self._psf_tensor(psf, lo, hi)
+            x, factors = self._network_input(stamps[lo:hi], psf_batch,
+                                             None if variance is None else variance[lo:hi], self.vae)
+            mean, _ = self.vae.encoder(x)
+            models[lo:hi] = self.decode(mean[: hi - lo], psf_batch, factors).cpu().numpy()
+        return models
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with zero rows appended up to a multiple of `BATCH_MULTIPLE` rows, on the CPU."""
@@ -211,34 +246,51 @@ class VaeDeblender:
             return None
         return torch.from_numpy(np.array(psf[lo:hi], dtype=np.float32)).to(self.device)
 
-    def _encode_batch(self, stamps: np.ndarray, neighbours: np.ndarray, psf: torch.Tensor | None = None,
-                      variance: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-std of the latent distribution for one batch of stamps (electrons)."""
+    def _network_input(self, stamps: np.ndarray, psf: torch.Tensor | None, variance: np.ndarray | None,
+                       network) -> tuple[torch.Tensor, torch.Tensor]:
+        """A padded batch of stamps (electrons) as ``network``'s encoder input (normalised, divided by
+        each stamp's amplitude factor, with the condition channels of a conditioned network), and the
+        factors of the unpadded stamps."""
         x = self._padded(torch.from_numpy(np.ascontiguousarray(stamps, dtype=np.float32))).to(self.device)
-        maps = self._padded(torch.from_numpy(neighbour_maps(neighbours, self.stamp_size))).to(self.device)
-        x = self._in_chunks(self.norm.forward, x).contiguous(memory_format=torch.channels_last)
+        factors = self.norm.stamp_factors(x)
+        x = self._in_chunks(self.norm.forward, x / factors[:, None, None, None])
+        x = x.contiguous(memory_format=torch.channels_last)
         if self.conditioned:
-            variance_t = self._padded(torch.from_numpy(np.array(variance, dtype=np.float32)))
-            psf_padded = self._padded_psf(psf)
-            x = self.deblender.encoder_input(x, psf_padded, variance_t.to(self.device))
+            variance_t = self._padded(torch.from_numpy(np.array(variance, dtype=np.float32))).to(self.device)
+            x = network.encoder_input(x, self._padded_psf(psf), variance_t / factors[:, None] ** 2)
+        return x, factors[: len(stamps)]
+
+    def _encode_batch(self, stamps: np.ndarray, neighbours: np.ndarray, psf: torch.Tensor | None = None,
+                      variance: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean and log-std of the latent distribution, and the amplitude factors, for one batch of stamps
+        (electrons)."""
+        x, factors = self._network_input(stamps, psf, variance, self.deblender)
+        maps = self._padded(torch.from_numpy(neighbour_maps(neighbours, self.stamp_size))).to(self.device)
         mean, log_std = self.deblender.encoder(torch.cat([x, maps], dim=1))
-        return mean[: len(stamps)], log_std[: len(stamps)]
+        return mean[: len(stamps)], log_std[: len(stamps)], factors
 
     def _padded_psf(self, psf: torch.Tensor) -> torch.Tensor:
         """PSF images padded like the stamps (the padding rows get a copy of the first PSF: any valid PSF)."""
         extra = -len(psf) % BATCH_MULTIPLE if self._exact else 0
         return torch.cat([psf, psf[:1].expand((extra,) + tuple(psf.shape[1:]))]) if extra else psf
 
-    def decode(self, z: torch.Tensor, psf: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, psf: torch.Tensor | None = None, factors: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """Models in electrons from latent codes (on this deblender's device), differentiable in ``z``;
-        PSF-aware weights need each code's PSF images (len(z), bands, p, p)."""
+        PSF-aware weights need each code's PSF images (len(z), bands, p, p); ``factors`` (len(z),) are
+        the stamps' amplitude factors (`encode`), ones when not given."""
         if self.conditioned:
             if psf is None:
                 raise ValueError("These weights are PSF-aware: decode needs each code's PSF images.")
             raw = self.deblender.decoder(self._padded(z), self._padded_psf(psf))
         else:
             raw = self.deblender.decoder(self._padded(z))
-        return self._in_chunks(lambda r: self.norm.inverse(network_output(r, self.likelihood)), raw)[: len(z)]
+        models = self._in_chunks(lambda r: self.norm.inverse(network_output(r, self.likelihood)), raw)
+        models = models[: len(z)]
+        if factors is not None and self.norm.amplitude_reference > 0:
+            factors = torch.as_tensor(factors, dtype=models.dtype, device=models.device)
+            models = models * factors[:, None, None, None]
+        return models
 
 
 def _training_range(metadata: dict[str, str]

@@ -483,7 +483,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True,
             centers = np.rint(np.stack([blend.truth["x"], blend.truth["y"]], axis=1)[good]).astype(np.int64)
             alone = isolated_reconstructions(net, blend.truth_images[good], centers,
                                              np.broadcast_to(blend.variance, (len(centers), len(net.bands))),
-                                             np.random.default_rng([config.seed, 4242, i]))
+                                             np.random.default_rng([config.seed, 4242, i]), psf=blend.psf)
             seconds[ISOLATED_ROW].append(time.perf_counter() - start)
             rows_of_blend.append((ISOLATED_ROW, "isolated", alone, None, centers.astype(np.float64)))
         for name, output, images, fluxes, peaks in rows_of_blend:

@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from ..deblend.field import DeblendConfig, cut_stamp, deblend_field, paste_stamp
 from ..deblend.network import VaeDeblender
-from ..model.training import network_output
 from ..sim.blend import BlendConfig, BlendMaker, CatalogGalaxies
 from ..measure.shape import hsm_shape
 from ..measure.stats import BLENDEDNESS_BINS, SNR_BINS, binned, summary
@@ -121,7 +120,8 @@ def _baseline(blend, r: int, scale: float) -> dict:
 
 @torch.no_grad()
 def isolated_reconstructions(deblender: VaeDeblender, images: np.ndarray, centers: np.ndarray,
-                             variances: np.ndarray, rng: np.random.Generator, batch: int = 256) -> np.ndarray:
+                             variances: np.ndarray, rng: np.random.Generator, batch: int = 256,
+                             psf: np.ndarray | None = None) -> np.ndarray:
     """The VAE itself on each galaxy alone (its noiseless image plus fresh noise): the reconstruction
     bound of any deblender built on this decoder.
 
@@ -140,6 +140,8 @@ def isolated_reconstructions(deblender: VaeDeblender, images: np.ndarray, center
         Draws the noise.
     batch : `int`
         Stamps per network call.
+    psf : `numpy.ndarray` (n, bands, p, p) or (bands, p, p), optional
+        The PSF images of each galaxy (or of all), for PSF-aware weights.
 
     Returns
     -------
@@ -151,11 +153,13 @@ def isolated_reconstructions(deblender: VaeDeblender, images: np.ndarray, center
     size = deblender.stamp_size
     stamps = np.stack([cut_stamp(noisy[k], tuple(centers[k]), size)[0] for k in range(len(images))])
     models = np.zeros_like(noisy)
+    if psf is not None:
+        psf = np.broadcast_to(psf, (len(images),) + np.shape(psf)[-3:])
     for lo in range(0, len(stamps), batch):
-        x = deblender.norm.forward(torch.from_numpy(stamps[lo:lo + batch]).to(deblender.device))
-        mean, _ = deblender.vae.encoder(x)
-        decoded = deblender.norm.inverse(network_output(deblender.vae.decoder(mean), deblender.likelihood))
-        for k, model in enumerate(decoded.cpu().numpy(), start=lo):
+        hi = min(len(stamps), lo + batch)
+        decoded = deblender.reconstruct(stamps[lo:hi], None if psf is None else psf[lo:hi],
+                                        np.asarray(variances, dtype=np.float32)[lo:hi])
+        for k, model in enumerate(decoded, start=lo):
             paste_stamp(models[k], model, tuple(centers[k]))
     return models
 
@@ -164,7 +168,9 @@ def _isolated_bound(deblender: VaeDeblender, blends: list, r: int, rng: np.rando
     """`isolated_reconstructions` of every blend's central galaxy, scored."""
     central = np.stack([b.truth_images[0] for b in blends])
     centers = np.rint([(b.truth["x"][0], b.truth["y"][0]) for b in blends]).astype(np.int64)
-    models = isolated_reconstructions(deblender, central, centers, np.stack([b.variance for b in blends]), rng)
+    psf = np.stack([b.psf for b in blends]) if blends and blends[0].psf is not None else None
+    variances = np.stack([b.variance for b in blends])
+    models = isolated_reconstructions(deblender, central, centers, variances, rng, psf=psf)
     rows = [central_metrics(models[k, r], central[k, r], (b.truth["x"][0], b.truth["y"][0]))
             for k, b in enumerate(blends)]
     return {key: np.array([row[key] for row in rows]) for key in rows[0]}

@@ -100,6 +100,13 @@ class TrainConfig:
         Standard deviation (magnitudes) of a random factor on each band of the central galaxy, and another
         on each band of the rest of the blend, the reference band left alone: colours beyond those of the
         simulator's four templates (the CatSim galaxies reach g - r = -0.24, the templates 0.1).
+    amplitude_reference : `float`
+        For a conditioned VAE: stamps whose core flux exceeds this (`Normalization.stamp_factors`) are
+        divided down to it, with their noise, and the models multiplied back (0: off).  The deblender
+        takes its VAE's.
+    clip_grad_norm : `float`
+        If > 0, the gradient's norm is clipped to this before each step (the conditioned decoder's
+        sinh output can give rare, huge gradients).
     """
 
     kind: str = "vae"
@@ -125,6 +132,8 @@ class TrainConfig:
     augment: bool = False
     neighbour_jitter: float = 0.0
     colour_jitter: float = 0.0
+    amplitude_reference: float = 0.0
+    clip_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("vae", "deblender"):
@@ -139,6 +148,9 @@ class TrainConfig:
             raise ValueError("init_encoder is for the deblender.")
         if self.conditioned and self.normalization != "asinh":
             raise ValueError("The conditioned (PSF-aware) networks need the 'asinh' normalization.")
+        if self.amplitude_reference and not (self.conditioned and self.kind == "vae"):
+            raise ValueError("amplitude_reference is for a conditioned VAE (the network must be told the "
+                             "noise of a divided-down stamp); the deblender takes its VAE's.")
 
 
 def _fast_bf16() -> bool:
@@ -416,7 +428,8 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     if config.kind == "vae":
         if config.normalization == "asinh" and config.conditioned:
             # The full-depth noise: the blends' own noise varies with their depth.
-            norm = Normalization.asinh(data_config.get_survey().noise_sigma)
+            norm = Normalization.asinh(data_config.get_survey().noise_sigma,
+                                       amplitude_reference=config.amplitude_reference)
         elif config.normalization == "asinh":
             norm = Normalization.asinh(np.sqrt(train_data.read(0, 1, truth=False)["variance"][0]))
         else:
@@ -464,17 +477,20 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     steps_per_epoch = max(1, config.epoch_size // config.batch_size)
 
     def run(batch: dict, train_mode: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        x = batch["input"].to(device, memory_format=torch.channels_last)
-        conditions = {"psf": batch["psf"].to(device), "variance": batch["variance"].to(device)} \
-            if config.conditioned else {}
+        x = batch["input"].to(device)
+        # Bright stamps divided down to the reference brightness, their noise and target with them.
+        factors = norm.stamp_factors(x)
+        x = (x / factors[:, None, None, None]).contiguous(memory_format=torch.channels_last)
+        target = batch["target"].to(device) / factors[:, None, None, None]
+        variance = batch["variance"].to(device) / factors[:, None] ** 2
+        conditions = {"psf": batch["psf"].to(device), "variance": variance} if config.conditioned else {}
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if config.kind == "vae":
                 raw, mean, log_std = model(norm.forward(x), sample=train_mode, **conditions)
             else:
                 raw, mean, log_std = model(norm.forward(x), batch["neighbours"].to(device), **conditions)
         raw = raw.float()
-        recon = reconstruction_loss(raw, batch["target"].to(device), batch["variance"].to(device), norm,
-                                    config.likelihood)
+        recon = reconstruction_loss(raw, target, variance, norm, config.likelihood)
         kl = kl_divergence(mean.float(), log_std.float())
         return recon, kl
 
@@ -496,6 +512,8 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
             loss = recon + config.kl_weight * kl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
             optimizer.step()
             totals.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(totals[-50:]):.1f}")
