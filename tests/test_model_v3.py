@@ -305,3 +305,39 @@ def test_training_with_an_amplitude_reference_learns(tiny_v3):
     assert run["best_val_loss"] < 0.9 * run["initial_val_loss"]
     _, norm, _ = load_model(root / "vae_scaled" / "best.safetensors", kind="vae")
     assert norm.amplitude_reference == 20.0
+
+
+def test_psf_images_stack_on_one_grid():
+    from lsst.meas.extensions.vae.deblend.psf import stack_psf_images
+
+    small, large = _gaussian_psf(0.7)[2, 10:31, 10:31], _gaussian_psf(1.0)[2]
+    psf = stack_psf_images([small, None, large], size=33)
+    assert psf.shape == (3, 33, 33)
+    np.testing.assert_allclose(psf.sum(axis=(1, 2)), 1.0, rtol=1e-6)
+    # Centre on centre, the band without a coadd borrows the first band's PSF, the 41-px one is cropped.
+    assert np.unravel_index(psf[2].argmax(), psf[2].shape) == (16, 16)
+    np.testing.assert_array_equal(psf[1], psf[0])
+    np.testing.assert_allclose(psf[0, 6:27, 6:27], small / small.sum(), rtol=1e-5)
+    assert stack_psf_images([small, large]).shape == (2, 41, 41)
+    for bad in ([None, None], [np.ones((4, 5))], [np.full((3, 3), np.nan)]):
+        with pytest.raises(ValueError):
+            stack_psf_images(bad)
+
+
+def test_rubin_array_path_passes_the_psf_at_each_peak(tiny_v3):
+    from lsst.meas.extensions.vae.pipe.rubin.blends import deblend_blend
+
+    net = VaeDeblender(str(tiny_v3["bundle"]), device="cpu")
+    blend = BlendMaker(BlendConfig.preset("wide", **TINY_WIDE, min_galaxies=2)).make(9, 1, split="test")
+    peaks = np.stack([blend.truth["x"], blend.truth["y"]], axis=1)
+    footprint = np.ones(blend.image.shape[-2:], dtype=bool)
+    variance = np.broadcast_to(blend.variance[:, None, None], blend.image.shape).copy()
+    with pytest.raises(ValueError, match="PSF"):
+        deblend_blend(blend.image, footprint, peaks, net, net.stamp_size, variance=variance)
+    per_peak = np.broadcast_to(blend.psf, (len(peaks),) + blend.psf.shape)
+    result = deblend_blend(blend.image, footprint, peaks, net, net.stamp_size, variance=variance, psf=per_peak)
+    assert len(result.children) == len(peaks) and np.isfinite(result.chi2)
+    # A wider PSF at the peaks gives wider models (the decoder convolves with what it is given).
+    wide = np.broadcast_to(_gaussian_psf(1.2)[None], per_peak.shape)
+    wider = deblend_blend(blend.image, footprint, peaks, net, net.stamp_size, variance=variance, psf=wide)
+    assert not np.allclose(wider.children[0].model, result.children[0].model)

@@ -86,7 +86,8 @@ def _moved(child: Child, dx: int, dy: int) -> Child:
 
 def deblend_blend(image: np.ndarray, footprint: np.ndarray, peaks: np.ndarray, model, stamp_size: int, *,
                   xy0: tuple[int, int] = (0, 0), bad: np.ndarray | None = None,
-                  variance: np.ndarray | None = None, config: DeblendConfig = DeblendConfig()) -> BlendResult:
+                  variance: np.ndarray | None = None, config: DeblendConfig = DeblendConfig(),
+                  psf: np.ndarray | None = None) -> BlendResult:
     """Deblend one parent from a cut-out of the coadds.
 
     Parameters
@@ -106,8 +107,12 @@ def deblend_blend(image: np.ndarray, footprint: np.ndarray, peaks: np.ndarray, m
     bad : `numpy.ndarray` (h, w) of `bool`, optional
         Pixels to hide from the network (bad mask planes, non-finite values).
     variance : `numpy.ndarray` (bands, h, w), optional
-        Variance of ``image`` (same units squared), for the chi^2 and the latent fit's noise.
+        Variance of ``image`` (same units squared), for the chi^2, the latent fit's noise and a PSF- and
+        noise-aware network (its median over good pixels).
     config : `DeblendConfig`
+    psf : `numpy.ndarray` (n, bands, p, p) or (bands, p, p), optional
+        The coadds' PSF images at each peak (or one set for the parent), p odd, each summing to 1
+        (`~lsst.meas.extensions.vae.deblend.psf.stack_psf_images`); needed by PSF-aware weights.
 
     Returns
     -------
@@ -119,10 +124,11 @@ def deblend_blend(image: np.ndarray, footprint: np.ndarray, peaks: np.ndarray, m
     peaks = np.asarray(peaks, dtype=np.float64).reshape(-1, 2)
     if len(peaks) == 0:
         raise ValueError("A parent with no peak to deblend.")
+    needs_noise = config.fit_steps > 0 or getattr(model, "conditioned", False)
     children, parents = deblend_field(image, peaks, model, stamp_size, parents=np.ones(len(peaks), np.int64),
                                       footprints=footprint.astype(np.int32), bad=bad, config=config,
                                       variance=(median_variance(variance, bad)
-                                                if variance is not None and config.fit_steps > 0 else None))
+                                                if variance is not None and needs_noise else None), psf=psf)
     parent = parents[0]
     chi2, child_chi2 = _chi2(image, footprint, children, variance, bad)
     dx, dy = xy0

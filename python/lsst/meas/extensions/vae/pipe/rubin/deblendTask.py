@@ -31,6 +31,7 @@ import lsst.afw.detection as afwDet
 import lsst.afw.geom.ellipses as afwEll
 import lsst.afw.image as afwImage
 import lsst.afw.table as afwTable
+import lsst.geom as geom
 import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
@@ -41,6 +42,7 @@ from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
 
 from ...deblend.field import DeblendConfig
+from ...deblend.psf import stack_psf_images
 from ...deblend.skip import skip_reason
 from .blends import blend_box, deblend_blend, electrons_per_nanojansky, stamp_margin, touches_edge
 from .modelData import export_blend
@@ -725,9 +727,10 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
                                             > vae.maxConserveAreaTimesPeaks):
             self.log.info("Parent %d is too big to conserve flux: its models are stored.", parent.getId())
             deblendConfig = dataclasses.replace(deblendConfig, conserve_flux=False)
+        psf = self._peakPsfs(peaks, patch) if getattr(self.model, "conditioned", False) else None
         result = deblend_blend(image, _spansInBox(footprint, cutBox, xy0), positions - (cx0, cy0), self.model,
                                self.model.stamp_size, xy0=(cx0, cy0), bad=bad, variance=variance,
-                               config=deblendConfig)
+                               config=deblendConfig, psf=psf)
 
         parentId = parent.getId()
         blendId = blendRecord.getId()
@@ -765,6 +768,15 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
                                      nComponents=nChild * nComponents, iterations=deblendConfig.iterations,
                                      chi2=float(result.chi2))
         return records
+
+    def _peakPsfs(self, peaks, patch: _Patch) -> np.ndarray:
+        """The coadd PSF's kernel image of every network band at each peak, (n, bands, p, p), for a PSF-aware
+        network (a band without a coadd borrows another band's)."""
+        size = self.model.psf_size
+        return np.stack([
+            stack_psf_images([None if exposure is None else exposure.getPsf().computeKernelImage(
+                geom.Point2D(peak.getFx(), peak.getFy())).array for exposure in patch.exposures], size)
+            for peak in peaks])
 
     def _modelFloor(self, variance: np.ndarray, bad: np.ndarray, patch: _Patch) -> np.ndarray | None:
         """``vae.modelFloor`` times the noise rms of each stored band, in image units."""

@@ -39,6 +39,7 @@ from lsst.utils.timer import timeMethod
 
 from ...deblend.field import Child, DeblendConfig, Parent, deblend_field
 from ...deblend.fit import FIT_STEPS_DEFAULT, median_variance
+from ...deblend.psf import stack_psf_images
 from ...deblend.skip import SKIP_MASKED, SKIP_TOO_BIG, SKIP_TOO_MANY_PEAKS, SkipLimits, skip_reasons
 from .coadd import Coadd, FootprintImage
 from ...measure.detection import footprint_boxes
@@ -407,13 +408,7 @@ class VaeDeblendTask(PipelineTask):
         """Each band's coadd PSF image, on one odd grid (bands, p, p), summing to 1; a band without a coadd
         borrows another band's PSF (its image is all zeros: its PSF only has to be a valid one)."""
         by_band = {c.band: c.psf for c in coadds}
-        size = max(p.shape[0] for p in by_band.values())
-        stacked = []
-        for band in bands:
-            psf = np.asarray(by_band.get(band, next(iter(by_band.values()))), dtype=np.float32)
-            pad = (size - psf.shape[0]) // 2
-            stacked.append(np.pad(psf, pad) / psf.sum())
-        return np.stack(stacked)
+        return stack_psf_images([by_band.get(band) for band in bands])
 
     def _noise_variance(self, coadds: list[Coadd], bands: tuple[str, ...], bad: np.ndarray,
                         missing: tuple[str, ...] = ()) -> np.ndarray | None:
