@@ -335,7 +335,8 @@ def test_rubin_array_path_passes_the_psf_at_each_peak(tiny_v3):
     with pytest.raises(ValueError, match="PSF"):
         deblend_blend(blend.image, footprint, peaks, net, net.stamp_size, variance=variance)
     per_peak = np.broadcast_to(blend.psf, (len(peaks),) + blend.psf.shape)
-    result = deblend_blend(blend.image, footprint, peaks, net, net.stamp_size, variance=variance, psf=per_peak)
+    result = deblend_blend(blend.image, footprint, peaks, net, net.stamp_size, variance=variance,
+                           psf=per_peak)
     assert len(result.children) == len(peaks) and np.isfinite(result.chi2)
     # A wider PSF at the peaks gives wider models (the decoder convolves with what it is given).
     wide = np.broadcast_to(_gaussian_psf(1.2)[None], per_peak.shape)
