@@ -46,8 +46,11 @@ def latent_spread(vae: VAE, norm: Normalization, dataset: BlendDataset, n: int =
             central = batch["central"]
             sigma = np.sqrt(batch["variance"]).astype(np.float32)[:, :, None, None]
             noisy = central + rng.standard_normal(central.shape, dtype=np.float32) * sigma
-            x = vae.encoder_input(norm.forward(torch.from_numpy(noisy)), torch.from_numpy(batch["psf"]),
-                                  torch.from_numpy(batch["variance"]))
+            noisy = torch.from_numpy(noisy)
+            factors = norm.stamp_factors(noisy)  # bright stamps divided down, as the networks see them
+            x = vae.encoder_input(norm.forward(noisy / factors[:, None, None, None]),
+                                  torch.from_numpy(batch["psf"]),
+                                  torch.from_numpy(batch["variance"]) / factors[:, None] ** 2)
             codes.append(vae.encoder(x)[0].float().numpy())
             bar.update(hi - lo)
             lo = hi
