@@ -99,7 +99,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    net = VaeDeblender(args.weights, device=args.device, batch_size=max(int(b) for b in args.batches.split(",")))
+    batches = [int(b) for b in args.batches.split(",")]
+    net = VaeDeblender(args.weights, device=args.device, batch_size=max(batches))
     bands = len(net.bands)
     psf = variance = None
     psf_t = variance_t = None
@@ -116,7 +117,7 @@ def main() -> None:
     rate = sgemm_rate(net.device)
     floor = flops["total"] / rate
     rows = []
-    for batch in (int(b) for b in args.batches.split(",")):
+    for batch in batches:
         seconds = pass_time(net, batch, psf, variance)
         rows.append({"batch": batch, "ms_per_stamp": 1e3 * seconds, "floor_ms_per_stamp": 1e3 * floor,
                      "ratio_to_floor": seconds / floor, "gflops_achieved": flops["total"] / seconds / 1e9})
