@@ -342,3 +342,20 @@ def test_rubin_array_path_passes_the_psf_at_each_peak(tiny_v3):
     wide = np.broadcast_to(_gaussian_psf(1.2)[None], per_peak.shape)
     wider = deblend_blend(blend.image, footprint, peaks, net, net.stamp_size, variance=variance, psf=wide)
     assert not np.allclose(wider.children[0].model, result.children[0].model)
+
+
+def test_training_continues_from_a_bundle(tiny_v3):
+    from lsst.meas.extensions.vae.model.training import TrainConfig, train
+
+    root = tiny_v3["root"]
+    common = dict(train_dir=str(root / "train"), val_dir=str(root / "val"), batch_size=32, epoch_size=64,
+                  max_epochs=1, patience=10, lr=1e-4, seed=0, bf16=False, conditioned=True)
+    run = train(TrainConfig(kind="vae", out_dir=str(root / "vae_continued"), init_from=str(tiny_v3["bundle"]),
+                            **common), progress=False)
+    # It starts where the bundle's VAE stopped (its validation loss), not from a fresh network's.
+    fresh = tiny_v3["vae_run"]
+    assert run["initial_val_loss"] < 0.9 * fresh["initial_val_loss"]
+    np.testing.assert_allclose(run["initial_val_loss"], fresh["best_val_loss"], rtol=0.02)
+    with pytest.raises(ValueError, match="another network or normalisation"):
+        train(TrainConfig(kind="vae", out_dir=str(root / "vae_other"), init_from=str(tiny_v3["bundle"]),
+                          amplitude_reference=5.0, **common), progress=False)

@@ -107,6 +107,11 @@ class TrainConfig:
     clip_grad_norm : `float`
         If > 0, the gradient's norm is clipped to this before each step (the conditioned decoder's
         sinh output can give rare, huge gradients).
+    init_from : `str`
+        A bundle (``vae-deblend bundle``'s file, e.g. a candidate in ``weights/candidates``) to start from:
+        its VAE (kind ``vae``) or its deblender's encoder (kind ``deblender``), with a fresh optimiser; for
+        continuing a training whose checkpoint is gone.  The network and normalisation must be those asked
+        for.
     """
 
     kind: str = "vae"
@@ -134,6 +139,7 @@ class TrainConfig:
     colour_jitter: float = 0.0
     amplitude_reference: float = 0.0
     clip_grad_norm: float = 0.0
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in ("vae", "deblender"):
@@ -305,6 +311,14 @@ def _validation_batches(data: BlendDataset, config: TrainConfig, n_max: int = 20
     return batches
 
 
+def _same_network(path: str, config: NetworkConfig, norm: Normalization, wanted: NetworkConfig,
+                  wanted_norm: Normalization) -> None:
+    """Raise unless weights from ``path`` have the network and normalisation a run asks for."""
+    if config != wanted or norm != wanted_norm:
+        raise ValueError(f"{path} was trained for another network or normalisation ({config}, {norm}) than "
+                         f"{wanted}, {wanted_norm}.")
+
+
 def _mean_max_pixel(data: BlendDataset) -> np.ndarray:
     batch = next(data.iter_batches(2000, seed=0, shuffle=False))
     return batch["central"].max(axis=(2, 3)).mean(axis=0)
@@ -409,7 +423,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
     ``resume``, training continues from ``out_dir/checkpoint.pt`` (if there is one): epochs, history,
     optimiser and scheduler; a run that had stopped trains on only if ``config`` allows more epochs.
     """
-    from .weights import load_model, save_model
+    from .weights import load_bundle, load_model, save_model
 
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -437,6 +451,10 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         model: torch.nn.Module = VAE(net_config)
         if net_config.conditioned:
             model.set_scales(norm.scales)
+        if config.init_from:
+            start, _, start_norm, _ = load_bundle(config.init_from)
+            _same_network(config.init_from, start.config, start_norm, net_config, norm)
+            model.load_state_dict(start.state_dict())
     else:
         vae, norm, _ = load_model(Path(config.vae_weights) / "best.safetensors", kind="vae")
         if vae.config != net_config:
@@ -449,6 +467,10 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
                 raise ValueError(f"{config.init_encoder} was trained for another network or normalisation "
                                  f"({previous.config}, {previous_norm}) than {net_config}, {norm}.")
             model.encoder.load_state_dict(previous.encoder.state_dict())
+        if config.init_from:
+            _, start, start_norm, _ = load_bundle(config.init_from)
+            _same_network(config.init_from, start.config, start_norm, net_config, norm)
+            model.encoder.load_state_dict(start.encoder.state_dict())
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=1)
