@@ -359,3 +359,23 @@ def test_training_continues_from_a_bundle(tiny_v3):
     with pytest.raises(ValueError, match="another network or normalisation"):
         train(TrainConfig(kind="vae", out_dir=str(root / "vae_other"), init_from=str(tiny_v3["bundle"]),
                           amplitude_reference=5.0, **common), progress=False)
+
+
+def test_flux_loss_pulls_a_faint_model_up():
+    from lsst.meas.extensions.vae.model.normalization import Normalization
+    from lsst.meas.extensions.vae.model.training import flux_loss
+
+    norm = Normalization.asinh(np.full(2, 10.0))
+    galaxy = torch.from_numpy(psf_image(galsim.Exponential(half_light_radius=0.5), 0.2)[None, None]).float()
+    target = 5000.0 * galaxy.expand(1, 2, -1, -1)
+    variance = torch.full((1, 2), 100.0)
+    exact = flux_loss(norm.forward(target), target, variance, norm)
+    assert float(exact) < 1e-6
+    # A model 20 % too faint: the loss is (0.2 F)^2 / (pixels var + (0.02 F)^2) / 2 per band.
+    output = norm.forward(0.8 * target).requires_grad_(True)
+    loss = flux_loss(output, target, variance, norm)
+    flux, pixels = 5000.0 * float(galaxy.sum()), galaxy.shape[-1] ** 2
+    expected = 2 * 0.5 * (0.2 * flux) ** 2 / (pixels * 100.0 + (0.02 * flux) ** 2)
+    np.testing.assert_allclose(float(loss.detach()), expected, rtol=1e-3)
+    loss.backward()
+    assert float(output.grad.sum()) < 0  # a step against the gradient brightens the model

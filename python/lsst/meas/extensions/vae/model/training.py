@@ -24,7 +24,7 @@ Likelihoods (``likelihood``):
 
 from __future__ import annotations
 
-__all__ = ["TrainConfig", "train", "default_device", "reconstruction_loss", "kl_divergence"]
+__all__ = ["TrainConfig", "train", "default_device", "reconstruction_loss", "flux_loss", "kl_divergence"]
 
 import dataclasses
 import json
@@ -107,6 +107,9 @@ class TrainConfig:
     clip_grad_norm : `float`
         If > 0, the gradient's norm is clipped to this before each step (the conditioned decoder's
         sinh output can give rare, huge gradients).
+    flux_weight : `float`
+        Weight of `flux_loss` beside the likelihood (0: none): the ``normalized`` likelihood, compressed by
+        asinh, leaves noisy galaxies' models faint on average; the flux term is linear in electrons.
     init_from : `str`
         A bundle (``vae-deblend bundle``'s file, e.g. a candidate in ``weights/candidates``) to start from:
         its VAE (kind ``vae``) or its deblender's encoder (kind ``deblender``), with a fresh optimiser; for
@@ -139,6 +142,7 @@ class TrainConfig:
     colour_jitter: float = 0.0
     amplitude_reference: float = 0.0
     clip_grad_norm: float = 0.0
+    flux_weight: float = 0.0
     init_from: str = ""
 
     def __post_init__(self) -> None:
@@ -198,6 +202,37 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, variance: to
         return 0.5 * ((output - y) ** 2).sum(dim=(1, 2, 3)).mean()
     return torch.nn.functional.binary_cross_entropy_with_logits(
         output, (y + 1) / 2, reduction="none").sum(dim=(1, 2, 3)).mean()
+
+
+# Relative floor of a stamp flux's error in `flux_loss`: bright galaxies' fluxes are asked to 2 %, not to
+# their photon noise (which would let them dominate every batch).
+FLUX_LOSS_FLOOR = 0.02
+
+
+def flux_loss(output: torch.Tensor, target: torch.Tensor, variance: torch.Tensor, norm: Normalization
+              ) -> torch.Tensor:
+    """Half the chi^2 of each band's model flux over the stamp against the target's, per stamp (summed over
+    bands), averaged over the batch.
+
+    The error of a band's flux is the stamp's noise (pixels x variance) plus `FLUX_LOSS_FLOOR` of the
+    target's flux, in quadrature.  A likelihood on asinh-compressed images is minimised, for a noisy input,
+    by the mean of the compressed image, whose flux is below the mean flux (asinh is concave for positive
+    values): its models of faint galaxies come out faint on average.  This term is linear in electrons.
+
+    Parameters
+    ----------
+    output : `torch.Tensor`, (batch, bands, h, w)
+        Network output, normalised units.
+    target : `torch.Tensor`, (batch, bands, h, w)
+        Noiseless target image, electrons.
+    variance : `torch.Tensor`, (batch, bands)
+        Noise variance per pixel, electrons^2.
+    """
+    model = norm.inverse(output.clamp(-12.0, 12.0)).sum(dim=(2, 3))
+    truth = target.sum(dim=(2, 3))
+    pixels = output.shape[-1] * output.shape[-2]
+    error2 = pixels * variance + (FLUX_LOSS_FLOOR * truth) ** 2
+    return 0.5 * ((model - truth) ** 2 / error2).sum(dim=1).mean()
 
 
 def network_output(raw: torch.Tensor, likelihood: str) -> torch.Tensor:
@@ -513,6 +548,9 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
                 raw, mean, log_std = model(norm.forward(x), batch["neighbours"].to(device), **conditions)
         raw = raw.float()
         recon = reconstruction_loss(raw, target, variance, norm, config.likelihood)
+        if config.flux_weight > 0:
+            recon = recon + config.flux_weight * flux_loss(network_output(raw, config.likelihood), target,
+                                                           variance, norm)
         kl = kl_divergence(mean.float(), log_std.float())
         return recon, kl
 
