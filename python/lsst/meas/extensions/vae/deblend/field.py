@@ -73,6 +73,14 @@ class DeblendConfig:
     fit_amplitude_sigma : `float`
         If > 0, the fit also scales each galaxy's model per band, with a Gaussian prior of this width on
         the logarithm of the factor (0: the decoder's fluxes as they are).
+    fit_flux_prior : `float`
+        If > 0, the fit holds each galaxy's flux in every band around the encoder's, with a Gaussian prior
+        of this width in units of the galaxy's own flux noise (`fit.flux_noise`), so that a faint
+        galaxy cannot take its neighbour's light (0: no flux prior, the plain fit).
+    fit_accept : `bool`
+        After the fit, give the encoder's model back to every galaxy whose share of its parent's
+        chi-square got worse, or that took light from a neighbour whose share got worse
+        (`fit.accept_fit`): the fit lowers every galaxy's share of the chi-square or leaves it alone.
     """
 
     iterations: int = 2
@@ -86,6 +94,8 @@ class DeblendConfig:
     fit_learning_rate: float = 0.1
     fit_prior_weight: float = 1.0
     fit_amplitude_sigma: float = 0.3
+    fit_flux_prior: float = 1.0
+    fit_accept: bool = True
 
 
 @dataclasses.dataclass
@@ -504,7 +514,8 @@ def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarra
                             amplitude_sigma=config.fit_amplitude_sigma,
                             latent_scale=getattr(model, "latent_scale", None),
                             device=getattr(model, "device", "cpu"),
-                            footprints=footprints, psf=conditions(active).get("psf"))
+                            footprints=footprints, psf=conditions(active).get("psf"),
+                            flux_prior=config.fit_flux_prior, accept=config.fit_accept)
     return fitted
 
 
