@@ -7,3 +7,7 @@ config.vae.fitSteps = 60
 config.vae.fitLearningRate = 0.1
 config.vae.fitPriorWeight = 1.0
 config.vae.fitAmplitudeSigma = 0.3
+# The fit cannot steal: each child's flux held around the encoder's (width: its own flux noise), and a
+# child whose share of the chi-square got worse gets its encoder model back (docs/benchmarks.md).
+config.vae.fitFluxPrior = 1.0
+config.vae.fitAccept = True

@@ -150,6 +150,13 @@ class VaeDeblendConfig(DeblendConfigBase):
     fitAmplitudeSigma = Field[float](
         doc="Width of the prior on the log of each child's free per-band amplitude in the fit "
             "(0: no free amplitudes).", default=0.3)
+    fitFluxPrior = Field[float](
+        doc="Width of the prior that holds each child's flux in every band around the encoder's in the fit, "
+            "in units of the child's own flux noise, so that a faint child cannot take its neighbour's "
+            "light (0: no flux prior, the plain fit).", default=1.0)
+    fitAccept = Field[bool](
+        doc="After the fit, give the encoder's model back to every child whose share of the parent's "
+            "chi-square got worse, or that took light from a neighbour whose share got worse.", default=True)
 
 
 @dataclasses.dataclass
@@ -436,7 +443,8 @@ class VaeDeblendTask(PipelineTask):
                              keep_conserved_images=False, fit_steps=self.config.fitSteps,
                              fit_learning_rate=self.config.fitLearningRate,
                              fit_prior_weight=self.config.fitPriorWeight,
-                             fit_amplitude_sigma=self.config.fitAmplitudeSigma)
+                             fit_amplitude_sigma=self.config.fitAmplitudeSigma,
+                             fit_flux_prior=self.config.fitFluxPrior, fit_accept=self.config.fitAccept)
 
     @timeMethod
     def _deblend_all(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
