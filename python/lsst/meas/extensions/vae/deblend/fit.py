@@ -25,9 +25,13 @@ the light its neighbour's imperfect model leaves, or the neighbour's own light w
 summed chi-square falls a little while the faint galaxy's flux doubles.  Two guards, both on by default:
 
 - a flux prior: each galaxy's model flux in every band is held, with a Gaussian prior, around the
-  encoder's flux, with a width of ``flux_prior`` times that galaxy's own flux noise (`flux_noise`: the
-  noise of a flux measured with its own profile, from the variance of the pixels its model covers).  A
-  faint galaxy's flux cannot wander far in electrons, a bright one's can;
+  encoder's flux, with a width of ``flux_prior`` times the galaxy's own flux noise (`flux_noise`: the
+  noise of a flux measured with its own profile, from the variance of the pixels its model covers) and a
+  fraction ``flux_fraction`` of the encoder's flux, in quadrature.  A faint galaxy's width is its noise:
+  its flux cannot wander far from what the encoder saw in its own pixels; a bright one's is
+  ``flux_fraction`` of its flux, many times its noise, and its pixels still correct the encoder's flux
+  errors (several per cent on bright galaxies, far above their noise; a prior of the noise alone would
+  halve those corrections);
 - an acceptance test at the end (`accept_fit`): every galaxy's share of the chi-square (`chi2_shares`) is
   compared with its share at the encoder's start; a galaxy whose share got worse, or whose light rose in
   the pixels where a neighbour whose share got worse held the light, gets its encoder model back, until
@@ -269,7 +273,8 @@ def fit_latents(image: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray
                 amplitude_sigma: float = 0.0, latent_scale: np.ndarray | None = None,
                 device: torch.device | str = "cpu", max_pixels: int = 2_000_000, max_galaxies: int = 512,
                 progress: bool = False, footprints: np.ndarray | None = None,
-                psf: np.ndarray | None = None, flux_prior: float = 0.0, accept: bool = False
+                psf: np.ndarray | None = None, flux_prior: float = 0.0, flux_fraction: float = 0.03,
+                accept: bool = False
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Fit the latent codes of every parent's galaxies jointly to the image.
 
@@ -315,7 +320,10 @@ def fit_latents(image: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray
         Each galaxy's PSF images, for a PSF-aware decoder: ``decode(z, psf)``.
     flux_prior : `float`
         If > 0, a Gaussian prior on every galaxy's model flux in every band around its flux in ``start``,
-        of this width in units of the galaxy's own flux noise (`flux_noise` of its ``start`` model).
+        of this many widths ``hypot(flux_noise, flux_fraction * start flux)`` (`flux_noise` of its
+        ``start`` model).
+    flux_fraction : `float`
+        The part of the flux prior's width proportional to the start flux.
     accept : `bool`
         Give the ``start`` model (and code) back to every galaxy the acceptance test rejects
         (`accept_fit`): then the fit lowers every galaxy's share of its parent's chi-square or leaves it
@@ -380,9 +388,11 @@ def fit_latents(image: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray
         z_start = torch.from_numpy(fitted[members]).to(device)
         start_t = torch.from_numpy(np.ascontiguousarray(start[members], dtype=np.float32)).to(device)
         if flux_prior > 0:
-            # The encoder's flux, and how far the galaxy's own pixels could move it: its flux noise.
+            # The encoder's flux, and how far the galaxy's own pixels (its flux noise) and the encoder's
+            # relative accuracy let it move.
             flux_start = start_t.sum(dim=(2, 3))
-            flux_sigma = flux_prior * flux_noise(start_t, inv_var_t[index].reshape(start_t.shape))
+            flux_sigma = flux_prior * torch.hypot(
+                flux_noise(start_t, inv_var_t[index].reshape(start_t.shape)), flux_fraction * flux_start)
         step = torch.zeros_like(z_start, requires_grad=True)
         log_amplitude = torch.zeros((len(members), bands, 1, 1), device=device, requires_grad=True)
         free = amplitude_sigma > 0
@@ -404,8 +414,7 @@ def fit_latents(image: np.ndarray, inverse_variance: np.ndarray, bad: np.ndarray
             if free:
                 loss = loss + 0.5 * ((log_amplitude / amplitude_sigma) ** 2).sum()
             if flux_prior > 0:
-                flux = model.sum(dim=(2, 3))
-                loss = loss + 0.5 * (((flux - flux_start) / flux_sigma) ** 2).sum()
+                loss = loss + 0.5 * (((model.sum(dim=(2, 3)) - flux_start) / flux_sigma) ** 2).sum()
             if not torch.isfinite(loss):
                 break
             loss.backward()
