@@ -77,9 +77,14 @@ class VaeDeblendConfig(pexConfig.Config):
     )
     fitFluxPrior = pexConfig.Field[float](
         doc="Width of the prior that holds each child's flux in every band around the encoder's in the fit, "
-            "in units of the child's own flux noise, so that a faint child cannot take its neighbour's "
-            "light (0: no flux prior, the plain fit).",
+            "in units of the child's own flux noise and fitFluxFraction of its flux in quadrature, so that a "
+            "faint child cannot take its neighbour's light (0: no flux prior, the plain fit).",
         default=1.0,
+    )
+    fitFluxFraction = pexConfig.Field[float](
+        doc="The part of the flux prior's width proportional to the encoder's flux (bright children's "
+            "pixels still correct it).",
+        default=0.03,
     )
     fitAccept = pexConfig.Field[bool](
         doc="After the fit, give the encoder's model back to every child whose share of the parent's "
@@ -121,4 +126,5 @@ class VaeDeblendConfig(pexConfig.Config):
                              fit_steps=self.fitSteps, fit_learning_rate=self.fitLearningRate,
                              fit_prior_weight=self.fitPriorWeight,
                              fit_amplitude_sigma=self.fitAmplitudeSigma,
-                             fit_flux_prior=self.fitFluxPrior, fit_accept=self.fitAccept)
+                             fit_flux_prior=self.fitFluxPrior,
+                             fit_flux_fraction=self.fitFluxFraction, fit_accept=self.fitAccept)
