@@ -234,7 +234,8 @@ def accept_fit(fitted: torch.Tensor, start: torch.Tensor, data: torch.Tensor, in
         limit = share_start * (1 + SHARE_TOLERANCE) + SHARE_TOLERANCE
         keep = np.ones(len(fitted), dtype=bool)
         while keep.any():
-            current = torch.where(torch.from_numpy(keep).to(fitted.device)[:, None, None, None], fitted, start)
+            kept = torch.from_numpy(keep).to(fitted.device)[:, None, None, None]
+            current = torch.where(kept, fitted, start)
             share, _ = chi2_shares(current, data, inverse_variance, index)
             worse = (share > limit).cpu().numpy()
             back = worse & keep
