@@ -7,3 +7,9 @@ config.vae.fitSteps = 60
 config.vae.fitLearningRate = 0.1
 config.vae.fitPriorWeight = 1.0
 config.vae.fitAmplitudeSigma = 0.3
+# The fit cannot steal: each child's flux held around the encoder's (width: its own flux noise and 3 % of
+# its flux in quadrature), and a child whose share of the chi-square got worse, or that took a worse
+# neighbour's light, gets its encoder model back (docs/benchmarks.md, "Latent fit that cannot steal").
+config.vae.fitFluxPrior = 1.0
+config.vae.fitFluxFraction = 0.03
+config.vae.fitAccept = True

@@ -132,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--fit-prior", type=float, default=1.0, help="weight of the latent prior")
     evaluate.add_argument("--fit-amplitude-sigma", type=float, default=0.3,
                           help="free per-band amplitudes in the fit, with this prior width on their log")
+    evaluate.add_argument("--fit-flux-prior", type=float, default=1.0,
+                          help="width of the prior on each galaxy's flux around the encoder's, in units of "
+                               "its own flux noise and --fit-flux-fraction of its flux in quadrature "
+                               "(0: the plain fit)")
+    evaluate.add_argument("--fit-flux-fraction", type=float, default=0.03,
+                          help="the part of the flux prior's width proportional to the encoder's flux")
+    evaluate.add_argument("--no-fit-accept", action="store_true",
+                          help="keep every fitted model (no per-galaxy chi-square acceptance test)")
     evaluate.add_argument("--no-neighbour-map", action="store_true",
                           help="do not give the network the other peaks' positions")
     evaluate.add_argument("--deblenders", default="vae,vae-fit,scarlet,none",
@@ -347,7 +355,10 @@ def evaluate_weights(args: argparse.Namespace) -> dict:
                                                     fit_steps=args.fit_steps,
                                                     fit_learning_rate=args.fit_lr,
                                                     fit_prior_weight=args.fit_prior,
-                                                    fit_amplitude_sigma=args.fit_amplitude_sigma))
+                                                    fit_amplitude_sigma=args.fit_amplitude_sigma,
+                                                    fit_flux_prior=args.fit_flux_prior,
+                                                    fit_flux_fraction=args.fit_flux_fraction,
+                                                    fit_accept=not args.no_fit_accept))
     rows = [("VAE deblender", metrics), ("no deblending", metrics["baseline"]),
             ("VAE on isolated (bound)", metrics["isolated_bound"])]
     print(f"{metrics['n']} '{args.preset}' test blends, central galaxy, r band")

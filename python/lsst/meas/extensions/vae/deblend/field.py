@@ -73,6 +73,18 @@ class DeblendConfig:
     fit_amplitude_sigma : `float`
         If > 0, the fit also scales each galaxy's model per band, with a Gaussian prior of this width on
         the logarithm of the factor (0: the decoder's fluxes as they are).
+    fit_flux_prior : `float`
+        If > 0, the fit holds each galaxy's flux in every band around the encoder's, with a Gaussian prior
+        of this many widths, the width being its own flux noise (`fit.flux_noise`) and
+        ``fit_flux_fraction`` of the encoder's flux in quadrature, so that a faint galaxy cannot take
+        its neighbour's light (0: no flux prior, the plain fit).
+    fit_flux_fraction : `float`
+        The part of the flux prior's width proportional to the encoder's flux (bright galaxies: their
+        pixels, far less noisy, still correct the encoder's flux).
+    fit_accept : `bool`
+        After the fit, give the encoder's model back to every galaxy whose share of its parent's
+        chi-square got worse, or that took light from a neighbour whose share got worse
+        (`fit.accept_fit`): the fit lowers every galaxy's share of the chi-square or leaves it alone.
     """
 
     iterations: int = 2
@@ -86,6 +98,9 @@ class DeblendConfig:
     fit_learning_rate: float = 0.1
     fit_prior_weight: float = 1.0
     fit_amplitude_sigma: float = 0.3
+    fit_flux_prior: float = 1.0
+    fit_flux_fraction: float = 0.03
+    fit_accept: bool = True
 
 
 @dataclasses.dataclass
@@ -506,7 +521,9 @@ def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarra
                             amplitude_sigma=config.fit_amplitude_sigma,
                             latent_scale=getattr(model, "latent_scale", None),
                             device=getattr(model, "device", "cpu"),
-                            footprints=footprints, psf=conditions(active).get("psf"), factors=factors)
+                            footprints=footprints, psf=conditions(active).get("psf"), factors=factors,
+                            flux_prior=config.fit_flux_prior,
+                            flux_fraction=config.fit_flux_fraction, accept=config.fit_accept)
     return fitted
 
 

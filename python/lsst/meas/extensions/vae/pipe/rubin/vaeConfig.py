@@ -75,6 +75,22 @@ class VaeDeblendConfig(pexConfig.Config):
             "(0: no free amplitudes).",
         default=0.3,
     )
+    fitFluxPrior = pexConfig.Field[float](
+        doc="Width of the prior that holds each child's flux in every band around the encoder's in the fit, "
+            "in units of the child's own flux noise and fitFluxFraction of its flux in quadrature, so that a "
+            "faint child cannot take its neighbour's light (0: no flux prior, the plain fit).",
+        default=1.0,
+    )
+    fitFluxFraction = pexConfig.Field[float](
+        doc="The part of the flux prior's width proportional to the encoder's flux (bright children's "
+            "pixels still correct it).",
+        default=0.03,
+    )
+    fitAccept = pexConfig.Field[bool](
+        doc="After the fit, give the encoder's model back to every child whose share of the parent's "
+            "chi-square got worse, or that took light from a neighbour whose share got worse.",
+        default=True,
+    )
 
     # The model data
     modelFloor = pexConfig.Field[float](
@@ -109,4 +125,6 @@ class VaeDeblendConfig(pexConfig.Config):
                              max_centroid_shift=self.maxCentroidShift, conserve_flux=self.doConserveFlux,
                              fit_steps=self.fitSteps, fit_learning_rate=self.fitLearningRate,
                              fit_prior_weight=self.fitPriorWeight,
-                             fit_amplitude_sigma=self.fitAmplitudeSigma)
+                             fit_amplitude_sigma=self.fitAmplitudeSigma,
+                             fit_flux_prior=self.fitFluxPrior,
+                             fit_flux_fraction=self.fitFluxFraction, fit_accept=self.fitAccept)

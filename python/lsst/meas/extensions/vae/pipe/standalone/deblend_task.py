@@ -151,6 +151,16 @@ class VaeDeblendConfig(DeblendConfigBase):
     fitAmplitudeSigma = Field[float](
         doc="Width of the prior on the log of each child's free per-band amplitude in the fit "
             "(0: no free amplitudes).", default=0.3)
+    fitFluxPrior = Field[float](
+        doc="Width of the prior that holds each child's flux in every band around the encoder's in the fit, "
+            "in units of the child's own flux noise and fitFluxFraction of its flux in quadrature, so that a "
+            "faint child cannot take its neighbour's light (0: no flux prior, the plain fit).", default=1.0)
+    fitFluxFraction = Field[float](
+        doc="The part of the flux prior's width proportional to the encoder's flux (bright children's "
+            "pixels still correct it).", default=0.03)
+    fitAccept = Field[bool](
+        doc="After the fit, give the encoder's model back to every child whose share of the parent's "
+            "chi-square got worse, or that took light from a neighbour whose share got worse.", default=True)
 
 
 @dataclasses.dataclass
@@ -431,7 +441,9 @@ class VaeDeblendTask(PipelineTask):
                              keep_conserved_images=False, fit_steps=self.config.fitSteps,
                              fit_learning_rate=self.config.fitLearningRate,
                              fit_prior_weight=self.config.fitPriorWeight,
-                             fit_amplitude_sigma=self.config.fitAmplitudeSigma)
+                             fit_amplitude_sigma=self.config.fitAmplitudeSigma,
+                             fit_flux_prior=self.config.fitFluxPrior,
+                             fit_flux_fraction=self.config.fitFluxFraction, fit_accept=self.config.fitAccept)
 
     @timeMethod
     def _deblend_all(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
