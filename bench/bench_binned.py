@@ -102,14 +102,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name in ("before", "after"):
         one = report[name]
-        print(f"| {name} | {one['binned_matched']} | {np.median(np.abs(one['binned_conserved_df'])):.3f} | "
-              f"{np.median(np.abs(one['binned_model_df'])):.3f} | {np.median(one['binned_parent_residual']):.3f} "
-              f"| {one['all_conserved_median_abs_df']:.3f} / {one['all_model_median_abs_df']:.3f} "
-              f"| {one['seconds']:.1f} |")
+        conserved = np.median(np.abs(one["binned_conserved_df"]))
+        model = np.median(np.abs(one["binned_model_df"]))
+        print(f"| {name} | {one['binned_matched']} | {conserved:.3f} | {model:.3f} | "
+              f"{np.median(one['binned_parent_residual']):.3f} | {one['all_conserved_median_abs_df']:.3f} / "
+              f"{one['all_model_median_abs_df']:.3f} | {one['seconds']:.1f} |")
     for k in range(report["before"]["binned_matched"]):
         b, a = report["before"], report["after"]
-        print(f"  child {k}: conserved {b['binned_conserved_df'][k]:+.3f} -> {a['binned_conserved_df'][k]:+.3f}, "
-              f"model {b['binned_model_df'][k]:+.3f} -> {a['binned_model_df'][k]:+.3f}")
+        print(f"  child {k} (hlr {a['binned_true_hlr'][k]:.2f}\"): conserved {b['binned_conserved_df'][k]:+.3f} -> "
+              f"{a['binned_conserved_df'][k]:+.3f}, model {b['binned_model_df'][k]:+.3f} -> "
+              f"{a['binned_model_df'][k]:+.3f}")
     for k, pid in enumerate(binned_parents):
         print(f"  parent {pid}: residual {report['before']['binned_parent_residual'][k]:.3f} -> "
               f"{report['after']['binned_parent_residual'][k]:.3f}")

@@ -21,8 +21,8 @@ STAMP = 59
 def draw(shape: tuple[int, int], galaxies: list[tuple[float, float, float, float]], seed: int
          ) -> tuple[np.ndarray, list[np.ndarray]]:
     """A noisy ugrizy image (electrons, full depth) of exponential galaxies (x, y: integer pixels; r mag,
-    hlr arcsec; a flat spectrum: the same magnitude in every band), each convolved with its band's PSF, and each galaxy's
-    noiseless image."""
+    hlr arcsec; a flat spectrum: the same magnitude in every band), each convolved with its band's PSF,
+    and each galaxy's noiseless image."""
     h, w = shape
     truths = []
     for k, (x, y, mag, hlr) in enumerate(galaxies):
@@ -31,7 +31,8 @@ def draw(shape: tuple[int, int], galaxies: list[tuple[float, float, float, float
         for b, band in enumerate(SURVEY.bands):
             galaxy = galsim.Exponential(half_light_radius=hlr, flux=float(band.mag_to_electrons(mag)))
             galaxy = galaxy.shear(g1=0.15 * (-1) ** k, g2=0.1)
-            stamp = galsim.Convolve(galaxy, band.make_psf()).drawImage(nx=size, ny=size, scale=band.pixel_scale)
+            stamp = galsim.Convolve(galaxy, band.make_psf()).drawImage(nx=size, ny=size,
+                                                                       scale=band.pixel_scale)
             add_at(truth[b], stamp.array, (int(x) - size // 2, int(y) - size // 2))
         truths.append(truth)
     rng = np.random.default_rng(seed)
@@ -120,7 +121,8 @@ def test_small_galaxies_are_not_binned_and_unchanged(shipped_deblender):
     labels = footprint(truths)
     peaks = np.array([g[:2] for g in galaxies], dtype=np.float64)
     for config in (DeblendConfig(), DeblendConfig(iterations=1, n_samples=2)):
-        on, on_parents = deblend_field(image, peaks, shipped_deblender, STAMP, footprints=labels, config=config)
+        on, on_parents = deblend_field(image, peaks, shipped_deblender, STAMP, footprints=labels,
+                                       config=config)
         off, off_parents = deblend_field(image, peaks, shipped_deblender, STAMP, footprints=labels,
                                          config=dataclasses.replace(config, bin_large=False))
         for a, b in zip(on, off):
