@@ -77,19 +77,28 @@ def main() -> None:
         model = np.asarray(objects["deblend_modelFlux_r"]) / true_flux - 1
         chosen = np.array([int(i) in binned_ids for i in objects["id"]]) & ok
         rendered = result.vaeModelData.render(image.shape)[r]
-        residuals = []
+        residuals, excess, signed = [], [], []
         for pid in binned_parents:
             inside = labels == ids.index(pid) + 1
-            residuals.append(float(np.abs(image - rendered)[inside].sum() / image[inside].sum()))
+            flux = image[inside].sum()
+            residual = (image - rendered)[inside]
+            residuals.append(float(np.abs(residual).sum() / flux))
+            signed.append(float(residual.sum() / flux))
+            # What pure noise would give: E|n| = sqrt(2 / pi) sigma per pixel.
+            floor = np.sqrt(2 / np.pi) * np.sqrt(coadds[r].variance[inside]).sum()
+            excess.append(float((np.abs(residual).sum() - floor) / flux))
         everyone = ok & np.asarray(objects["deblend_modelled"])
         report[name] = {
             "seconds": seconds,
             "binned_matched": int(chosen.sum()),
             "binned_true_hlr": [float(v) for v in np.asarray(truth["hlr"])[index[chosen]]],
             "binned_true_flux_r": [float(v) for v in true_flux[chosen]],
+            "binned_true_mag_r": [float(v) for v in np.asarray(truth["mag_r"])[index[chosen]]],
             "binned_conserved_df": [float(v) for v in conserved[chosen]],
             "binned_model_df": [float(v) for v in model[chosen]],
             "binned_parent_residual": residuals,
+            "binned_parent_residual_above_noise": excess,
+            "binned_parent_signed_residual": signed,
             "all_conserved_median_abs_df": float(np.median(np.abs(conserved[everyone]))),
             "all_model_median_abs_df": float(np.median(np.abs(model[everyone]))),
         }
@@ -109,12 +118,16 @@ def main() -> None:
               f"{one['all_model_median_abs_df']:.3f} | {one['seconds']:.1f} |")
     for k in range(report["before"]["binned_matched"]):
         b, a = report["before"], report["after"]
-        print(f"  child {k} (hlr {a['binned_true_hlr'][k]:.2f}\"): conserved {b['binned_conserved_df'][k]:+.3f} -> "
-              f"{a['binned_conserved_df'][k]:+.3f}, model {b['binned_model_df'][k]:+.3f} -> "
-              f"{a['binned_model_df'][k]:+.3f}")
+        print(f"  child {k} (true r {a['binned_true_mag_r'][k]:.2f}, hlr {a['binned_true_hlr'][k]:.2f}\"): "
+              f"conserved {b['binned_conserved_df'][k]:+.3f} -> {a['binned_conserved_df'][k]:+.3f}, "
+              f"model {b['binned_model_df'][k]:+.3f} -> {a['binned_model_df'][k]:+.3f}")
     for k, pid in enumerate(binned_parents):
-        print(f"  parent {pid}: residual {report['before']['binned_parent_residual'][k]:.3f} -> "
-              f"{report['after']['binned_parent_residual'][k]:.3f}")
+        b, a = report["before"], report["after"]
+        print(f"  parent {pid}: sum |residual| / flux {b['binned_parent_residual'][k]:.3f} -> "
+              f"{a['binned_parent_residual'][k]:.3f}; above the noise's "
+              f"{b['binned_parent_residual_above_noise'][k]:.3f} -> "
+              f"{a['binned_parent_residual_above_noise'][k]:.3f}; signed "
+              f"{b['binned_parent_signed_residual'][k]:+.3f} -> {a['binned_parent_signed_residual'][k]:+.3f}")
 
 
 if __name__ == "__main__":

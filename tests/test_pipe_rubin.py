@@ -634,7 +634,7 @@ def test_schema_has_scarlets_columns(stack_run):
                        ("deblend_nChild", "I"), ("deblend_peakId", "I"), ("deblend_peak_instFlux", "D"),
                        ("deblend_scarletFlux", "F"), ("deblend_edgePixels", "Flag"),
                        ("deblend_dataCoverage", "F"), ("deblend_zeroFlux", "Flag"),
-                       ("deblend_maxOverlap", "F"), ("deblend_fluxOverlap", "F"),
+                       ("deblend_binned", "Flag"), ("deblend_maxOverlap", "F"), ("deblend_fluxOverlap", "F"),
                        ("deblend_fluxOverlapFraction", "F"), ("deblend_blendedness", "F"),
                        ("deblend_blendId", "L"), ("deblend_blendNChild", "I"), ("deblend_parentNPeaks", "I"),
                        ("deblend_parentNChild", "I"), ("deblend_nComponents", "I"), ("deblend_chi2", "F"),
