@@ -248,9 +248,20 @@ def add_at(image: np.ndarray, stamp: np.ndarray, origin: tuple[int, int], scale:
 
 
 def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
-    """Sum ``image`` (..., f h, f w) over ``factor`` x ``factor`` blocks: (..., h, w), flux kept.
+    """Sum ``image`` over ``factor`` x ``factor`` blocks, flux kept.
 
     The noise variance of a binned pixel is ``factor**2`` times that of a pixel (independent noise).
+
+    Parameters
+    ----------
+    image : `numpy.ndarray` (..., f h, f w)
+        Image (or stack of images) whose last two sides are multiples of ``factor``.
+    factor : `int`
+        Binning factor ``f`` (1: ``image`` itself).
+
+    Returns
+    -------
+    binned : `numpy.ndarray` (..., h, w), float32
     """
     f = int(factor)
     if f == 1:
@@ -278,14 +289,25 @@ def _interpolation_matrix(size: int, factor: int) -> np.ndarray:
 
 
 def unbin_image(binned: np.ndarray, factor: int) -> np.ndarray:
-    """A model on binned pixels (..., h, w) brought back to full resolution (..., f h, f w), each binned
-    pixel's flux kept exactly.
+    """A model on binned pixels brought back to full resolution, each binned pixel's flux kept exactly.
 
     Within each block the flux is shared out as a bilinear interpolation of the binned image (a smoother
     model than a flat block, so that flux conservation, which splits the observed pixels in proportion to
     the models, does not draw the blocks into the children); the interpolation is rescaled block by block
     to the binned pixel's flux.  A block whose binned pixel is not positive, or where the interpolation
     vanishes, is spread evenly.
+
+    Parameters
+    ----------
+    binned : `numpy.ndarray` (..., h, w)
+        Model on binned pixels.
+    factor : `int`
+        Binning factor ``f`` (1: ``binned`` itself).
+
+    Returns
+    -------
+    model : `numpy.ndarray` (..., f h, f w), float32
+        Its `bin_image` is ``binned`` (to float rounding).
     """
     f = int(factor)
     if f == 1:
@@ -305,11 +327,22 @@ def unbin_image(binned: np.ndarray, factor: int) -> np.ndarray:
 
 
 def bin_psf(psf: np.ndarray, factor: int) -> np.ndarray:
-    """PSF images (..., p, p) binned ``factor`` x ``factor`` onto the same odd grid of p pixels, summing to 1.
+    """PSF images binned ``factor`` x ``factor`` onto the same odd grid of p pixels, summing to 1.
 
     The blocks are laid out as a binned stamp's are (`bin_image` of a stamp of ``f s`` pixels cut around
     the peak), so the PSF's centre falls where a galaxy's centre does; the binned image is centred in the
     p x p output (which it fits: it is ``p / f`` pixels wide, rounded up to an odd number).
+
+    Parameters
+    ----------
+    psf : `numpy.ndarray` (..., p, p)
+        Centred PSF images, p odd.
+    factor : `int`
+        Binning factor (1: ``psf`` itself).
+
+    Returns
+    -------
+    binned : `numpy.ndarray` (..., p, p), float32
     """
     f = int(factor)
     psf = np.asarray(psf, dtype=np.float32)
@@ -332,8 +365,20 @@ def bin_psf(psf: np.ndarray, factor: int) -> np.ndarray:
 
 
 def edge_fraction(model: np.ndarray, width: int) -> float:
-    """Fraction of a model's positive light (summed over bands) in the outer ring of ``width`` pixels of
-    its stamp (0 for a model without light)."""
+    """Fraction of a model's positive light (summed over bands) in the outer ring of its stamp.
+
+    Parameters
+    ----------
+    model : `numpy.ndarray` (bands, h, w)
+        A child's model.
+    width : `int`
+        Width of the ring, pixels.
+
+    Returns
+    -------
+    fraction : `float`
+        0 for a model without light.
+    """
     light = np.clip(np.asarray(model, dtype=np.float64), 0, None).sum(axis=0)
     total = light.sum()
     if total <= 0:
@@ -344,7 +389,15 @@ def edge_fraction(model: np.ndarray, width: int) -> float:
 
 def binned_reach(stamp_size: int, config: DeblendConfig) -> int:
     """Pixels by which the widest binned stamp reaches farther from its peak than a stamp does: what a
-    caller's cut-out margin (half a stamp and the centroid shift) must grow by."""
+    caller's cut-out margin (half a stamp and the centroid shift) must grow by.
+
+    Parameters
+    ----------
+    stamp_size : `int`
+        The network's stamp side.
+    config : `DeblendConfig`
+        Its ``bin_large`` and ``binning_factors`` (0 without ``bin_large``).
+    """
     return (stamp_size * config.largest_factor()) // 2 - stamp_size // 2
 
 
