@@ -38,7 +38,8 @@ def test_robust_waves_give_the_models_of_one_peak_at_a_time(tiny_deblender, monk
         assert np.all(waves[near] < waves[k])
     # The first pass's waves (binned stamps, which order their candidates by waves too, are left out).
     config = field.DeblendConfig(bin_large=False)
-    in_waves, _ = field.deblend_field(image, positions, tiny_deblender, size, footprints=labels, config=config)
+    in_waves, _ = field.deblend_field(image, positions, tiny_deblender, size, footprints=labels,
+                                      config=config)
     monkeypatch.setattr(field, "_waves", lambda c, b, s: np.argsort(np.argsort(-b, kind="stable"),
                                                                     kind="stable"))
     one_by_one, _ = field.deblend_field(image, positions, tiny_deblender, size, footprints=labels,
