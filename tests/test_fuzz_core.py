@@ -100,9 +100,11 @@ def test_fuzz_core_invariants(tiny_deblender, case):
             assert not child.model.any() and child.zero_flux and not child.refined
             continue
         x, y = child.center
-        _, edge = cut_stamp(np.zeros((1, h, w), np.float32), (x, y), size)
+        side = size * child.binned  # a binned child's stamp is wider
+        assert child.model.shape[-2:] == (side, side)
+        _, edge = cut_stamp(np.zeros((1, h, w), np.float32), (x, y), side)
         assert child.edge == edge
-        covered = cut_stamp(unusable[None].astype(np.float32), (x, y), size)[0]
+        covered = cut_stamp(unusable[None].astype(np.float32), (x, y), side)[0]
         assert child.masked == bool(covered.any())
         assert child.outside_footprint == (footprints[y, x] != label)
         assert abs(x - rounded[0]) <= config.max_centroid_shift + 0.5

@@ -103,9 +103,11 @@ def test_trim_morph_zeroes_and_crops_below_the_floor():
 
 
 def test_blend_box_and_margin():
-    config = DeblendConfig(max_centroid_shift=3.0)
+    config = DeblendConfig(max_centroid_shift=3.0, bin_large=False)
     assert stamp_margin(59, config) == 29 + 3 + 1
-    assert stamp_margin(59, DeblendConfig(refine_centroids=False)) == 30
+    assert stamp_margin(59, DeblendConfig(refine_centroids=False, bin_large=False)) == 30
+    # A binned stamp (5 x 5 at most) reaches 5 * 59 // 2 = 147 pixels from its peak, 118 more.
+    assert stamp_margin(59, DeblendConfig(max_centroid_shift=3.0)) == 147 + 3 + 1
     assert blend_box((10, 20, 30, 40), 5, (100, 200)) == (5, 15, 35, 45)
     assert blend_box((2, 3, 198, 99), 5, (100, 200)) == (0, 0, 200, 100)
 
@@ -113,7 +115,7 @@ def test_blend_box_and_margin():
 def test_deblend_blend_matches_the_whole_field_call_and_moves_to_the_image_frame(network, scene):
     image, variance, footprint, peaks = scene
     stamp = network.stamp_size
-    config = DeblendConfig(iterations=2)
+    config = DeblendConfig(iterations=2, bin_large=False)  # a cut-out narrower than the binned stamps' reach
     whole_children, whole_parents = deblend_field(image, peaks, network, stamp,
                                                   footprints=footprint.astype(np.int32), config=config)
     box = blend_box(BLEND_BOX, stamp_margin(stamp, config), image.shape[1:])
@@ -632,7 +634,7 @@ def test_schema_has_scarlets_columns(stack_run):
                        ("deblend_nChild", "I"), ("deblend_peakId", "I"), ("deblend_peak_instFlux", "D"),
                        ("deblend_scarletFlux", "F"), ("deblend_edgePixels", "Flag"),
                        ("deblend_dataCoverage", "F"), ("deblend_zeroFlux", "Flag"),
-                       ("deblend_maxOverlap", "F"), ("deblend_fluxOverlap", "F"),
+                       ("deblend_binned", "Flag"), ("deblend_maxOverlap", "F"), ("deblend_fluxOverlap", "F"),
                        ("deblend_fluxOverlapFraction", "F"), ("deblend_blendedness", "F"),
                        ("deblend_blendId", "L"), ("deblend_blendNChild", "I"), ("deblend_parentNPeaks", "I"),
                        ("deblend_parentNChild", "I"), ("deblend_nComponents", "I"), ("deblend_chi2", "F"),

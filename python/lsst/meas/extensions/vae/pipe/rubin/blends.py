@@ -27,7 +27,7 @@ import math
 
 import numpy as np
 
-from ...deblend.field import Child, DeblendConfig, Parent, deblend_field, paste_stamp
+from ...deblend.field import Child, DeblendConfig, Parent, add_at, binned_reach, deblend_field
 from ...deblend.fit import median_variance
 from ...deblend.skip import skip_reason  # noqa: F401 (the rules shared with the standalone task)
 from ...geometry import overlap_slices
@@ -64,10 +64,11 @@ class BlendResult:
 def stamp_margin(stamp_size: int, config: DeblendConfig) -> int:
     """Pixels to add around a parent's bounding box so that its stamps stay inside the cut-out.
 
-    A stamp is centred on a peak inside the box and may move by up to ``max_centroid_shift`` pixels.
+    A stamp is centred on a peak inside the box and may move by up to ``max_centroid_shift`` pixels; a
+    binned stamp (`DeblendConfig.bin_large`) reaches `binned_reach` pixels farther.
     """
     shift = math.ceil(config.max_centroid_shift) if config.refine_centroids else 0
-    return stamp_size // 2 + shift + 1
+    return stamp_size // 2 + shift + 1 + binned_reach(stamp_size, config)
 
 
 def blend_box(bbox: tuple[int, int, int, int], margin: int, shape: tuple[int, int]
@@ -145,7 +146,7 @@ def _chi2(image: np.ndarray, footprint: np.ndarray, children: list[Child], varia
         return math.nan, np.full(n, np.nan)
     total = np.zeros(image.shape, dtype=np.float64)
     for child in children:
-        paste_stamp(total, np.clip(child.model, 0, None), child.center)
+        add_at(total, np.clip(child.model, 0, None), child.origin)  # any size (a binned child's is wider)
     good = footprint[None] & np.isfinite(variance) & (variance > 0) & np.isfinite(image)
     if bad is not None:
         good &= ~bad[None]
@@ -155,8 +156,7 @@ def _chi2(image: np.ndarray, footprint: np.ndarray, children: list[Child], varia
     chi2 = float(chi2_image.sum() / n_good) if n_good else math.nan
     per_child = np.full(n, np.nan)
     for i, child in enumerate(children):
-        size = child.model.shape[-1]
-        in_image, in_stamp = overlap_slices(image.shape[-2:], (size, size), *child.origin)
+        in_image, in_stamp = overlap_slices(image.shape[-2:], child.model.shape[-2:], *child.origin)
         area = np.count_nonzero(child.model[:, in_stamp[0], in_stamp[1]] > 0)
         if area > 0:
             per_child[i] = float(chi2_image[:, in_image[0], in_image[1]].sum() / area)

@@ -395,6 +395,9 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
         schema.addField("deblend_dataCoverage", type=np.float32,
                         doc="Fraction of pixels with data (1 - fraction with NO_DATA)")
         schema.addField("deblend_zeroFlux", type="Flag", doc="The model has zero flux")
+        schema.addField("deblend_binned", type="Flag",
+                        doc="The galaxy reached past the network's stamp: it was modelled on a wider stamp, "
+                            "binned (docs/model.md)")
         schema.addField("deblend_maxOverlap", type=np.float32,
                         doc="Largest flux of the neighbours' models in a pixel of this model")
         schema.addField("deblend_fluxOverlap", type=np.float32,
@@ -751,6 +754,7 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
             record.set("deblend_nComponents", nComponents)
             record.set("deblend_chi2", float(chi2))
             record.set("deblend_zeroFlux", bool(child.zero_flux))
+            record.set("deblend_binned", child.binned > 1)
             record.set("deblend_edgePixels", bool(touches_edge(child, bbox)))
             records.append(record)
 

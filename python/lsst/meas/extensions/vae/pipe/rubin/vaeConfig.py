@@ -92,6 +92,31 @@ class VaeDeblendConfig(pexConfig.Config):
         default=True,
     )
 
+    doBinLarge = pexConfig.Field[bool](
+        doc="Model galaxies larger than the stamp on a stamp binningFactors times wider, binned "
+            "(flag deblend_binned; docs/model.md).",
+        default=True,
+    )
+    binningFactors = pexConfig.ListField[int](
+        doc="Binning factors to try, increasing (odd factors keep the peak at a binned pixel's centre).",
+        default=[3, 5],
+    )
+    binEdgeFraction = pexConfig.Field[float](
+        doc="A child is modelled on the next coarser stamp when more than this fraction of its model's light "
+            "lies in the stamp's outer ring (of binEdgeWidth pixels) and its parent's footprint reaches the "
+            "stamp's border.",
+        default=0.02,
+    )
+    binEdgeWidth = pexConfig.Field[int](
+        doc="Width of that ring, pixels of the stamp the model was made on.",
+        default=2,
+    )
+    binEdgeSnr = pexConfig.Field[float](
+        doc="... and when that ring's light (over its pixels and the bands) is above this many times its "
+            "noise (a spurious peak's faint, diffuse model is not binned).",
+        default=5.0,
+    )
+
     # The model data
     modelFloor = pexConfig.Field[float](
         doc="Model pixels below this many times the band's noise rms (per pixel, median over the cut-out) "
@@ -118,6 +143,10 @@ class VaeDeblendConfig(pexConfig.Config):
             raise pexConfig.FieldValidationError(VaeDeblendConfig.iterations, self, "must be >= 1")
         if self.batchSize < 1:
             raise pexConfig.FieldValidationError(VaeDeblendConfig.batchSize, self, "must be >= 1")
+        factors = list(self.binningFactors)
+        if any(f < 2 for f in factors) or factors != sorted(set(factors)):
+            raise pexConfig.FieldValidationError(VaeDeblendConfig.binningFactors, self,
+                                                 "must be increasing integers > 1")
 
     def deblendConfig(self) -> DeblendConfig:
         """The array core's options."""
@@ -127,4 +156,8 @@ class VaeDeblendConfig(pexConfig.Config):
                              fit_prior_weight=self.fitPriorWeight,
                              fit_amplitude_sigma=self.fitAmplitudeSigma,
                              fit_flux_prior=self.fitFluxPrior,
-                             fit_flux_fraction=self.fitFluxFraction, fit_accept=self.fitAccept)
+                             fit_flux_fraction=self.fitFluxFraction, fit_accept=self.fitAccept,
+                             bin_large=self.doBinLarge,
+                             binning_factors=tuple(self.binningFactors),
+                             bin_edge_fraction=self.binEdgeFraction, bin_edge_width=self.binEdgeWidth,
+                             bin_edge_snr=self.binEdgeSnr)

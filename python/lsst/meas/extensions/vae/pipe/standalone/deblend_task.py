@@ -37,7 +37,7 @@ from lsst.pipe.base import (InputQuantizedConnection, OutputQuantizedConnection,
 from lsst.pipe.base import connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
-from ...deblend.field import Child, DeblendConfig, Parent, deblend_field
+from ...deblend.field import Child, DeblendConfig, Parent, binned_reach, deblend_field
 from ...deblend.fit import FIT_STEPS_DEFAULT, median_variance
 from ...deblend.psf import stack_psf_images
 from ...deblend.skip import SKIP_MASKED, SKIP_TOO_BIG, SKIP_TOO_MANY_PEAKS, SkipLimits, skip_reasons
@@ -51,7 +51,7 @@ PARENT_FLAGS = ("deblend_skipped", "deblend_skipped_isolatedParent", "deblend_sk
                 "deblend_skipped_parentTooBig", "deblend_skipped_masked", "deblend_failed",
                 "deblend_missingBand")
 CHILD_FLAGS = ("deblend_edgePixels", "deblend_masked", "deblend_refined", "deblend_zeroFlux",
-               "deblend_peakOutsideImage", "deblend_peakOutsideFootprint")
+               "deblend_peakOutsideImage", "deblend_peakOutsideFootprint", "deblend_binned")
 
 
 class VaeDeblendConnections(PipelineTaskConnections, dimensions=PATCH_DIMENSIONS):
@@ -161,6 +161,27 @@ class VaeDeblendConfig(DeblendConfigBase):
     fitAccept = Field[bool](
         doc="After the fit, give the encoder's model back to every child whose share of the parent's "
             "chi-square got worse, or that took light from a neighbour whose share got worse.", default=True)
+    doBinLarge = Field[bool](
+        doc="Model galaxies larger than the stamp on a stamp binningFactors times wider, binned "
+            "(deblend_binned, deblend_binFactor; docs/model.md).", default=True)
+    binningFactors = ListField[int](
+        doc="Binning factors to try, increasing (odd factors keep the peak at a binned pixel's centre).",
+        default=[3, 5])
+    binEdgeFraction = Field[float](
+        doc="A child is modelled on the next coarser stamp when more than this fraction of its model's "
+            "light lies in the stamp's outer ring (of binEdgeWidth pixels) and its parent's footprint "
+            "reaches the stamp's border.", default=0.02)
+    binEdgeWidth = Field[int](doc="Width of that ring, pixels of the stamp the model was made on.",
+                              default=2)
+    binEdgeSnr = Field[float](
+        doc="... and when that ring's light (over its pixels and the bands) is above this many times its "
+            "noise (a spurious peak's faint, diffuse model is not binned).", default=5.0)
+
+    def validate(self) -> None:
+        super().validate()
+        factors = list(self.binningFactors)
+        if any(f < 2 for f in factors) or factors != sorted(set(factors)):
+            raise ValueError(f"binningFactors must be increasing integers > 1, got {factors}.")
 
 
 @dataclasses.dataclass
@@ -400,7 +421,8 @@ class VaeDeblendTask(PipelineTask):
                 "weights_sha256": getattr(model, "metadata", {}).get("sha256", ""),
                 "stamp_size": int(model.stamp_size), "iterations": self.config.iterations,
                 "doRefineCentroids": self.config.doRefineCentroids,
-                "doConserveFlux": self.config.doConserveFlux, "fitSteps": self.config.fitSteps}
+                "doConserveFlux": self.config.doConserveFlux, "fitSteps": self.config.fitSteps,
+                "doBinLarge": self.config.doBinLarge, "binningFactors": list(self.config.binningFactors)}
 
     def _iterations(self, outcome: _Outcome) -> int:
         """``deblend_iterations`` of a parent that went through the deblender."""
@@ -443,7 +465,12 @@ class VaeDeblendTask(PipelineTask):
                              fit_prior_weight=self.config.fitPriorWeight,
                              fit_amplitude_sigma=self.config.fitAmplitudeSigma,
                              fit_flux_prior=self.config.fitFluxPrior,
-                             fit_flux_fraction=self.config.fitFluxFraction, fit_accept=self.config.fitAccept)
+                             fit_flux_fraction=self.config.fitFluxFraction, fit_accept=self.config.fitAccept,
+                             bin_large=self.config.doBinLarge,
+                             binning_factors=tuple(self.config.binningFactors),
+                             bin_edge_fraction=self.config.binEdgeFraction,
+                             bin_edge_width=self.config.binEdgeWidth,
+                             bin_edge_snr=self.config.binEdgeSnr)
 
     @timeMethod
     def _deblend_all(self, image: np.ndarray, bad: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
@@ -490,7 +517,10 @@ class VaeDeblendTask(PipelineTask):
         peak_rows = np.concatenate(rows)
         peak_labels = np.concatenate([np.full(len(r), parent_labels[i]) for r, i in zip(rows, todo)])
         chosen = boxes[parent_labels[todo] - 1]
-        margin = self.model.stamp_size // 2 + int(math.ceil(self.config.maxCentroidShift)) + 1
+        config = self._deblend_config()
+        # Half a stamp, the centroid shift and what a binned stamp reaches farther.
+        margin = (self.model.stamp_size // 2 + int(math.ceil(self.config.maxCentroidShift)) + 1
+                  + binned_reach(self.model.stamp_size, config))
         h, w = labels.shape
         # The cut-out holds the parents' boxes and all their peaks (a peak may lie off its footprint).
         xy = peak_xy[peak_rows]
@@ -504,7 +534,7 @@ class VaeDeblendTask(PipelineTask):
         children, parents = deblend_field(image[:, cy0:cy1, cx0:cx1], peak_xy[peak_rows] - [cx0, cy0],
                                           self.model, self.model.stamp_size, parents=peak_labels,
                                           footprints=labels[cy0:cy1, cx0:cx1],
-                                          bad=bad[cy0:cy1, cx0:cx1], config=self._deblend_config(),
+                                          bad=bad[cy0:cy1, cx0:cx1], config=config,
                                           max_neighbours=self.config.maxNeighbours, variance=noise, psf=psf)
         elapsed_ms = 1e3 * (time.perf_counter() - start)
         by_label = {p.label: p for p in parents}
@@ -575,7 +605,8 @@ class VaeDeblendTask(PipelineTask):
                     record["deblend_center_y"] = child.center[1] + y0
                     model_flux, conserved = child.flux_model, child.flux_conserved
                     values = (child.edge, child.masked, child.refined, child.zero_flux, child.outside_image,
-                              child.outside_footprint)
+                              child.outside_footprint, child.binned > 1)
+                    record["deblend_binFactor"] = int(child.binned)
                     for name, value in zip(CHILD_FLAGS, values):
                         record[name] = bool(value)
                     blend.children.append(ChildModel(id=object_id, peak_id=int(peak_ids[row]),
@@ -588,6 +619,7 @@ class VaeDeblendTask(PipelineTask):
                     model_flux, conserved = nan, parent_flux[i]
                     for name in CHILD_FLAGS:
                         record[name] = False
+                    record["deblend_binFactor"] = 1
                 for b, band in enumerate(bands):
                     record[f"deblend_modelFlux_{band}"] = float(model_flux[b])
                     record[f"deblend_conservedFlux_{band}"] = float(conserved[b])
@@ -595,13 +627,14 @@ class VaeDeblendTask(PipelineTask):
         columns = ["id", "parent", "deblend_peakId", "deblend_peak_center_x", "deblend_peak_center_y",
                    "deblend_peak_snr", "deblend_center_x", "deblend_center_y", "deblend_nChild",
                    "deblend_parentNPeaks", "deblend_parentNChild", "deblend_modelled", "deblend_missingBand",
-                   *CHILD_FLAGS,
+                   *CHILD_FLAGS, "deblend_binFactor",
                    *[f"deblend_modelFlux_{b}" for b in bands], *[f"deblend_conservedFlux_{b}" for b in bands]]
         dtypes = {"id": np.int64, "parent": np.int64, "deblend_peakId": np.int64, "deblend_modelled": bool,
                   "deblend_missingBand": bool,
                   **{name: np.int32 for name in ("deblend_peak_center_x", "deblend_peak_center_y",
                                                  "deblend_center_x", "deblend_center_y", "deblend_nChild",
-                                                 "deblend_parentNPeaks", "deblend_parentNChild")},
+                                                 "deblend_parentNPeaks", "deblend_parentNChild",
+                                                 "deblend_binFactor")},
                   **{name: bool for name in CHILD_FLAGS}}
         table = Table({name: np.array([r[name] for r in rows], dtype=dtypes.get(name, np.float64))
                        for name in columns})
