@@ -287,7 +287,7 @@ class VaeDeblender:
             raw = self.deblender.decoder(self._padded(z))
         models = self._in_chunks(lambda r: self.norm.inverse(network_output(r, self.likelihood)), raw)
         models = models[: len(z)]
-        if factors is not None and self.norm.amplitude_reference > 0:
+        if factors is not None:  # ones for weights without an amplitude reference: exact
             factors = torch.as_tensor(factors, dtype=models.dtype, device=models.device)
             models = models * factors[:, None, None, None]
         return models
