@@ -379,3 +379,17 @@ def test_flux_loss_pulls_a_faint_model_up():
     np.testing.assert_allclose(float(loss.detach()), expected, rtol=1e-3)
     loss.backward()
     assert float(output.grad.sum()) < 0  # a step against the gradient brightens the model
+
+    # The pseudo-Huber form: the same near zero, linear far out (a neighbour's light in the model).
+    chi = np.sqrt(2 * expected / 2)  # per band
+    huber = flux_loss(output.detach(), target, variance, norm, huber=3.0)
+    np.testing.assert_allclose(float(huber), 2 * 9.0 * (np.sqrt(1 + chi**2 / 9.0) - 1), rtol=1e-3)
+    assert abs(float(huber) - expected) < 0.2 * expected  # chi ~ 1.9: still close to chi^2 / 2
+    # A model 30 times the truth: the loss and its gradient in the model's flux scale a.
+    a = torch.tensor(30.0, requires_grad=True)
+    plain = flux_loss(norm.forward(a * target), target, variance, norm)
+    bounded = flux_loss(norm.forward(a * target), target, variance, norm, huber=3.0)
+    assert bounded.item() < 0.05 * plain.item()
+    (grad,) = torch.autograd.grad(bounded, a)
+    error = np.sqrt(pixels * 100.0 + (0.02 * flux) ** 2)
+    assert 0 < grad.item() <= 2 * 3.0 * flux / error * 1.001  # at most `huber` flux errors per band

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -406,12 +407,17 @@ def test_table_names_every_rubin_package_the_task_imports():
     assert packages <= declared, packages - declared
 
 
-def test_optional_modules_are_not_needed_to_load_the_task():
+def test_optional_modules_are_not_needed_to_load_the_task(tmp_path):
     """torch, GalSim and surveycodex are loaded only where used: the task's modules import without them."""
+    blocked = ("torch", "galsim", "surveycodex", "safetensors", "h5py", "sep")
+    # Packages of those names that fail to import, first on the path: as if not installed to whatever
+    # imports them (a None in sys.modules would look installed to libraries that probe sys.modules, e.g.
+    # scipy's array-API check under meas_base).
+    for name in blocked:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('{name} is blocked')\n")
     probe = (
         "import sys\n"
-        "for name in ('torch', 'galsim', 'surveycodex', 'safetensors', 'h5py', 'sep'):\n"
-        "    sys.modules[name] = None\n"
         "import importlib.util\n"
         "import lsst.meas.extensions.vae.pipe.rubin as rubin\n"
         "import lsst.meas.extensions.vae.deblend.skip, lsst.meas.extensions.vae.pipe.rubin.vaeConfig\n"
@@ -419,8 +425,10 @@ def test_optional_modules_are_not_needed_to_load_the_task():
         "if importlib.util.find_spec('lsst.afw') is not None:\n"
         "    from lsst.meas.extensions.vae.pipe.rubin import deblendTask\n"
         "    deblendTask.VaeDeblendCoaddConfig().validate()\n"
+        f"assert not any(name.split('.')[0] in {blocked!r} for name in sys.modules)\n"
         "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True, env=env)
     assert out.stdout.strip().endswith("ok")
 
 
@@ -889,3 +897,48 @@ def test_failures_are_caught_per_parent():
     task.model = FaultyModel(model.model, above=spike / 2)
     with pytest.raises(ValueError, match="too bright"):
         task.run(coadds=coadds, bands=["g", "r"], mergedDetections=catalog)
+
+
+CANDIDATE = REPO / "weights" / "candidates" / "lsst-v3.safetensors"
+
+
+@stack
+@pytest.mark.skipif(not CANDIDATE.exists(), reason="the PSF-aware candidate weights are not in this checkout")
+def test_psf_aware_network_reads_each_coadds_psf():
+    """A PSF-aware network gets each coadd PSF's kernel image at the peak, and a coadd without one is a
+    clear error (every blend would fail the same way)."""
+    import lsst.afw.detection as afwDet
+    import lsst.afw.table as afwTable
+    from lsst.meas.extensions.vae.pipe.rubin.deblendTask import VaeDeblendCoaddConfig, VaeDeblendCoaddTask
+
+    config = VaeDeblendCoaddConfig()
+    config.vae.device = "cpu"
+    config.vae.weights = str(CANDIDATE)
+    task = VaeDeblendCoaddTask(initInputs=_initInputs(), config=config)
+    bands = list(task.model.bands)
+    assert task.model.conditioned
+    fluxes = {}
+    for sigma in (1.2, 2.4):
+        coadds, catalog, _, _ = _patch(bands)
+        for coadd in coadds:
+            coadd.setPsf(afwDet.GaussianPsf(25, 25, sigma))
+        patch = task._preparePatch(coadds, bands)
+        psf = task._peakPsfs(list(catalog[0].getFootprint().peaks), patch)
+        assert psf.shape == (2, len(bands), task.model.psf_size, task.model.psf_size)
+        yy, xx = np.mgrid[: psf.shape[-1], : psf.shape[-1]] - psf.shape[-1] // 2
+        np.testing.assert_allclose(psf.sum(axis=(-1, -2)), 1.0, rtol=1e-5)
+        np.testing.assert_allclose((psf * xx**2).sum(axis=(-1, -2)), sigma**2, rtol=0.03)
+        result = task.run(coadds=coadds, bands=bands, mergedDetections=catalog,
+                          idFactory=afwTable.IdFactory.makeSimple())
+        children = result.deblendedCatalog[result.deblendedCatalog["parent"] == catalog[0].getId()]
+        assert len(children) == 2
+        (child,) = result.scarletModelData.blends[catalog[0].getId()].children.values()
+        fluxes[sigma] = np.array([sum(float(c.morph.sum()) for c in source.components)
+                                  for _, source in sorted(child.sources.items())])
+        assert np.all(np.isfinite(fluxes[sigma])) and np.all(fluxes[sigma] > 0)
+    # The same pixels with another PSF give other models: the PSF reaches the network.
+    assert np.max(np.abs(fluxes[2.4] / fluxes[1.2] - 1)) > 0.01
+
+    coadds, catalog, _, _ = _patch(bands)
+    with pytest.raises(ValueError, match="PSF-aware"):
+        task.run(coadds=coadds, bands=bands, mergedDetections=catalog)

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="clip the gradient's norm to this before each step (0: no clipping)")
         t.add_argument("--flux-weight", type=float, default=0.0,
                        help="weight of a linear flux term beside the likelihood (0: none)")
+        t.add_argument("--flux-huber", type=float, default=0.0,
+                       help="the flux term grows linearly beyond this many flux errors (0: plain chi^2)")
         t.add_argument("--init-from", default="",
                        help="a bundle to start from (its VAE, or its deblender's encoder), with a fresh "
                        "optimiser: continuing a training whose checkpoint is gone")
@@ -289,7 +291,7 @@ def train_model(args: argparse.Namespace) -> dict:
         conditioned=args.conditioned, augment=args.augment,
         neighbour_jitter=getattr(args, "neighbour_jitter", 0.0), colour_jitter=args.colour_jitter,
         amplitude_reference=getattr(args, "amplitude_reference", 0.0), clip_grad_norm=args.clip_grad_norm,
-        flux_weight=args.flux_weight, init_from=args.init_from)
+        flux_weight=args.flux_weight, flux_huber=args.flux_huber, init_from=args.init_from)
     command = "vae-deblend " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vae-deblend") else ""
     summary = train(config, resume=args.resume, command=command, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))

@@ -110,6 +110,9 @@ class TrainConfig:
     flux_weight : `float`
         Weight of `flux_loss` beside the likelihood (0: none): the ``normalized`` likelihood, compressed by
         asinh, leaves noisy galaxies' models faint on average; the flux term is linear in electrons.
+    flux_huber : `float`
+        If > 0, the flux term's pseudo-Huber scale in flux errors (`flux_loss`): bounded gradients, for
+        the deblender, whose early models of faint galaxies hold their neighbours' light.
     init_from : `str`
         A bundle (``vae-deblend bundle``'s file, e.g. a candidate in ``weights/candidates``) to start from:
         its VAE (kind ``vae``) or its deblender's encoder (kind ``deblender``), with a fresh optimiser; for
@@ -143,6 +146,7 @@ class TrainConfig:
     amplitude_reference: float = 0.0
     clip_grad_norm: float = 0.0
     flux_weight: float = 0.0
+    flux_huber: float = 0.0
     init_from: str = ""
 
     def __post_init__(self) -> None:
@@ -209,15 +213,18 @@ def reconstruction_loss(output: torch.Tensor, target: torch.Tensor, variance: to
 FLUX_LOSS_FLOOR = 0.02
 
 
-def flux_loss(output: torch.Tensor, target: torch.Tensor, variance: torch.Tensor, norm: Normalization
-              ) -> torch.Tensor:
+def flux_loss(output: torch.Tensor, target: torch.Tensor, variance: torch.Tensor, norm: Normalization,
+              huber: float = 0.0) -> torch.Tensor:
     """Half the chi^2 of each band's model flux over the stamp against the target's, per stamp (summed over
-    bands), averaged over the batch.
+    bands), averaged over the batch; with ``huber``, its pseudo-Huber form.
 
     The error of a band's flux is the stamp's noise (pixels x variance) plus `FLUX_LOSS_FLOOR` of the
     target's flux, in quadrature.  A likelihood on asinh-compressed images is minimised, for a noisy input,
     by the mean of the compressed image, whose flux is below the mean flux (asinh is concave for positive
     values): its models of faint galaxies come out faint on average.  This term is linear in electrons.
+    A deblender starts out with a bright neighbour's light in a faint galaxy's model: chi's of thousands,
+    whose squares swamp the likelihood; the pseudo-Huber form ``huber^2 (sqrt(1 + (chi / huber)^2) - 1)``
+    is the same near zero and grows only linearly beyond ``huber``, its gradient bounded by ``huber``.
 
     Parameters
     ----------
@@ -227,12 +234,19 @@ def flux_loss(output: torch.Tensor, target: torch.Tensor, variance: torch.Tensor
         Noiseless target image, electrons.
     variance : `torch.Tensor`, (batch, bands)
         Noise variance per pixel, electrons^2.
+    norm : `Normalization`
+        The network's normalisation (``output`` back to electrons).
+    huber : `float`
+        Scale (in flux errors) beyond which the term grows linearly; 0: the plain chi^2.
     """
     model = norm.inverse(output.clamp(-12.0, 12.0)).sum(dim=(2, 3))
     truth = target.sum(dim=(2, 3))
     pixels = output.shape[-1] * output.shape[-2]
     error2 = pixels * variance + (FLUX_LOSS_FLOOR * truth) ** 2
-    return 0.5 * ((model - truth) ** 2 / error2).sum(dim=1).mean()
+    chi2 = (model - truth) ** 2 / error2
+    if huber > 0:
+        return (huber**2 * (torch.sqrt(1 + chi2 / huber**2) - 1)).sum(dim=1).mean()
+    return 0.5 * chi2.sum(dim=1).mean()
 
 
 def network_output(raw: torch.Tensor, likelihood: str) -> torch.Tensor:
@@ -550,7 +564,7 @@ def train(config: TrainConfig, resume: bool = False, command: str = "", progress
         recon = reconstruction_loss(raw, target, variance, norm, config.likelihood)
         if config.flux_weight > 0:
             recon = recon + config.flux_weight * flux_loss(network_output(raw, config.likelihood), target,
-                                                           variance, norm)
+                                                           variance, norm, huber=config.flux_huber)
         kl = kl_divergence(mean.float(), log_std.float())
         return recon, kl
 

@@ -541,6 +541,11 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
         ignored = [band for band in bands if band not in networkBands]
         if ignored:
             self.log.info("Bands %s are not among the network's %s and are ignored.", ignored, networkBands)
+        if getattr(self.model, "conditioned", False):
+            noPsf = [networkBands[k] for k in present if exposures[k].getPsf() is None]
+            if noPsf:
+                # Every blend would fail the same way: say so once, for the quantum.
+                raise ValueError(f"The weights are PSF-aware but the coadds in bands {noPsf} have no PSF.")
         deblendConfig = self.config.vae.deblendConfig()
         return _Patch(coadds=coadds, exposures=exposures, present=present, missing=missing,
                       modelBands=[networkBands[k] for k in present],
