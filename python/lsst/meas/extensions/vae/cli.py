@@ -106,6 +106,28 @@ def build_parser() -> argparse.ArgumentParser:
                            "central 9x9 pixels in units of the full-depth noise sigma) are divided down to "
                            "it and the models multiplied back (0: off)")
 
+    r = train_kinds.add_parser("refiner", help="train the learned refinement of a bundle's codes")
+    r.add_argument("--train", default=["runs/refine/train"], nargs="+",
+                   help="folders of training blend shards")
+    r.add_argument("--val", default=["runs/refine/val"], nargs="+",
+                   help="folders of validation blend shards")
+    r.add_argument("--weights", default="lsst", help="the bundle the refiner is trained for")
+    r.add_argument("--out", default="runs/refiner",
+                   help="output folder (captured inputs, checkpoint, refiner)")
+    r.add_argument("--steps", type=int, default=2, help="refinement steps unrolled in training")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--max-epochs", type=int, default=30)
+    r.add_argument("--patience", type=int, default=4)
+    r.add_argument("--max-minutes", type=float, default=60.0, help="time budget of this run")
+    r.add_argument("--flux-weight", type=float, default=1.0, help="weight of the bounded flux term")
+    r.add_argument("--flux-huber", type=float, default=3.0, help="pseudo-Huber scale of the flux term")
+    r.add_argument("--max-train", type=int, default=100_000, help="training blends captured, at most")
+    r.add_argument("--max-val", type=int, default=1000, help="validation blends captured, at most")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
+    r.add_argument("--no-progress", action="store_true")
+
     bundle = commands.add_parser("bundle", help="write shipped weights from a trained VAE and deblender")
     bundle.add_argument("--vae", default="runs/vae")
     bundle.add_argument("--deblender", default="runs/deblender")
@@ -142,10 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the part of the flux prior's width proportional to the encoder's flux")
     evaluate.add_argument("--no-fit-accept", action="store_true",
                           help="keep every fitted model (no per-galaxy chi-square acceptance test)")
+    evaluate.add_argument("--refine-steps", type=int, default=0,
+                          help="steps of the learned refinement (0: none; suite: vae-refine's, default 2)")
+    evaluate.add_argument("--refiner", default=None,
+                          help="refiner file (default: the weights' own NAME.refiner.safetensors)")
     evaluate.add_argument("--no-neighbour-map", action="store_true",
                           help="do not give the network the other peaks' positions")
     evaluate.add_argument("--deblenders", default="vae,vae-fit,scarlet,none",
-                          help="suite: comma-separated, from vae, vae-fit, scarlet, sep, none")
+                          help="suite: comma-separated, from vae, vae-fit, vae-refine, scarlet, sep, none")
     evaluate.add_argument("--sets", default=None, help="suite: comma-separated sets (default: all)")
     evaluate.add_argument("--fit-n", type=int, default=None,
                           help="suite: blends per set for vae-fit, the first ones (default: all --n)")
@@ -159,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--n", type=int, default=1000, help="test blends (default 1000)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--deblenders", default=",".join(("vae", "vae-fit", "scarlet", "sep", "none")),
-                       help="comma-separated, from vae, vae-fit, scarlet, sep, none (default: all)")
+                       help="comma-separated, from vae, vae-fit, vae-refine, scarlet, sep, none")
     bench.add_argument("--preset", default="anchor", choices=tuple(BLEND_PRESET_NAMES),
                        help="how the test blends are built (sim.blend.BLEND_PRESETS; default anchor)")
     bench.add_argument("--catalog", default=None, help="CatSim-format FITS catalogue (its test split)")
@@ -171,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--shear-g", type=float, default=0.02, help="applied shear on each component")
     bench.add_argument("--weights", default="lsst", help="shipped weights name or .safetensors path")
     bench.add_argument("--fit-steps", type=int, default=60, help="latent-fit steps of vae-fit")
+    bench.add_argument("--refine-steps", type=int, default=2, help="learned-refinement steps of vae-refine")
+    bench.add_argument("--refiner", default=None,
+                       help="vae-refine's refiner file (default: the weights' own NAME.refiner.safetensors)")
     bench.add_argument("--threads", type=int, default=1, help="torch and JAX threads (default 1)")
     bench.add_argument("--out", type=Path, required=True)
     bench.add_argument("--no-progress", action="store_true")
@@ -277,8 +306,26 @@ def demo(args: argparse.Namespace) -> dict:
     return run_demo(args.out, size=args.size, seed=args.seed, weights=args.weights, jobs=os.cpu_count() or 1)
 
 
+def train_refiner(args: argparse.Namespace) -> dict:
+    """``vae-deblend train refiner``."""
+    from .deblend.refine import RefinerTrainConfig, train_refiner
+
+    config = RefinerTrainConfig(
+        train=tuple(args.train), val=tuple(args.val), weights=args.weights, out=str(args.out),
+        steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, max_epochs=args.max_epochs, patience=args.patience,
+        max_minutes=args.max_minutes, seed=args.seed, flux_weight=args.flux_weight,
+        flux_huber=args.flux_huber, max_train=args.max_train, max_val=args.max_val)
+    command = "vae-deblend " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vae-deblend") else ""
+    summary = train_refiner(config, resume=args.resume, command=command, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in summary.items() if k != "best_state"}, indent=2))
+    return summary
+
+
 def train_model(args: argparse.Namespace) -> dict:
     """``vae-deblend train vae|deblender``."""
+    if args.kind == "refiner":
+        return train_refiner(args)
     from .model.training import TrainConfig, train
 
     config = TrainConfig(
@@ -355,6 +402,7 @@ def evaluate_weights(args: argparse.Namespace) -> dict:
                                                     refine_centroids=not args.no_refine,
                                                     use_neighbour_map=not args.no_neighbour_map,
                                                     fit_steps=args.fit_steps,
+                                                    refine_steps=args.refine_steps,
                                                     fit_learning_rate=args.fit_lr,
                                                     fit_prior_weight=args.fit_prior,
                                                     fit_amplitude_sigma=args.fit_amplitude_sigma,
@@ -381,6 +429,7 @@ def evaluate_suite(args: argparse.Namespace) -> dict:
     config = SuiteConfig(n=args.n or 200, seed=args.seed, deblenders=tuple(args.deblenders.split(",")),
                          sets=tuple(args.sets.split(",")) if args.sets else tuple(SUITE_SETS),
                          fit_n=args.fit_n, weights=args.weights, fit_steps=args.fit_steps or 60,
+                         refine_steps=args.refine_steps or 2, refiner=args.refiner,
                          threads=args.threads, catalogs=args.catalogs)
     suite = run_suite(config, args.out, progress=not args.no_progress)
     print((args.out / "suite.md").read_text(), end="")
@@ -397,7 +446,7 @@ def bench_deblenders(args: argparse.Namespace) -> dict:
                          preset=args.preset, catalog=args.catalog, psf_fwhm=args.psf_fwhm,
                          peaks=args.peaks, shear=args.shear,
                          shear_g=args.shear_g, weights=args.weights, fit_steps=args.fit_steps,
-                         threads=args.threads)
+                         refine_steps=args.refine_steps, refiner=args.refiner, threads=args.threads)
     result = run_bench(config, args.out, progress=not args.no_progress)
     print((args.out / "bench.md").read_text(), end="")
     print(f"wrote {args.out / 'bench.json'}, {args.out / 'bench.md'}, {args.out / 'bench.png'}")

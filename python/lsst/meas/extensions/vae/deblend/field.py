@@ -22,7 +22,10 @@ For every parent (a footprint and its peaks):
    waits for the brighter one's wider model and is tested again.  The child's model is then
    (bands, f s, f s), flagged by ``Child.binned``.
 4. **Refinement passes.**  Each galaxy is modelled again on its parent's view minus every *other* model.
-5. **Latent fit** (optional, ``fit_steps``).  The latent codes of all galaxies of a parent are fitted
+5. **Learned refinement** (optional, ``refine_steps``).  A small network trained for it (`model.refiner`)
+   steps every galaxy's latent code and amplitudes from its stamp, its model and their residual, a few
+   times, each time on the view minus the others' new models; binned galaxies are held fixed.
+   **Or the latent fit** (optional, ``fit_steps``).  The latent codes of all galaxies of a parent are fitted
    together, through the frozen decoder, to the parent's pixels (`fit.fit_latents`); binned galaxies are
    held fixed.
 6. **Flux conservation.**  Inside the footprint, the observed flux of every pixel is split among the
@@ -92,6 +95,9 @@ class DeblendConfig:
     fit_flux_fraction : `float`
         The part of the flux prior's width proportional to the encoder's flux (bright galaxies: their
         pixels, far less noisy, still correct the encoder's flux).
+    refine_steps : `int`
+        Steps of the learned refinement of every galaxy's code and amplitudes (`model.refiner`; 0: none;
+        the model must offer ``encode`` and ``refine``, as `VaeDeblender` does).  Not with ``fit_steps``.
     fit_accept : `bool`
         After the fit, give the encoder's model back to every galaxy whose share of its parent's
         chi-square got worse, or that took light from a neighbour whose share got worse
@@ -131,6 +137,7 @@ class DeblendConfig:
     fit_flux_prior: float = 1.0
     fit_flux_fraction: float = 0.03
     fit_accept: bool = True
+    refine_steps: int = 0
     bin_large: bool = True
     binning_factors: tuple[int, ...] = (3, 5)
     bin_edge_fraction: float = 0.02
@@ -138,6 +145,9 @@ class DeblendConfig:
     bin_edge_snr: float = 5.0
 
     def __post_init__(self) -> None:
+        if self.refine_steps < 0 or (self.refine_steps > 0 and self.fit_steps > 0):
+            raise ValueError(f"refine_steps ({self.refine_steps}) must be >= 0, and the learned refinement "
+                             f"replaces the latent fit (fit_steps {self.fit_steps}): choose one.")
         factors = tuple(int(f) for f in self.binning_factors)
         if any(f < 2 for f in factors) or list(factors) != sorted(set(factors)):
             raise ValueError(f"binning_factors must be increasing integers > 1, got {self.binning_factors}.")
@@ -726,7 +736,7 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
         stamps = state.inputs(active, views)
         arguments = (state.neighbours_of(active),)
         keywords = conditions(active, state.factor[active])
-        if last and config.fit_steps > 0:
+        if last and (config.fit_steps > 0 or config.refine_steps > 0):
             codes = model.encode(stamps, *arguments, **keywords)
         out, flux_std_active = model(stamps, *arguments, config.n_samples if last else 0, **keywords)
         state.store(active, out)
@@ -747,6 +757,9 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
         flux_std[active] = flux_std_active
     del views
 
+    if config.refine_steps > 0 and len(active):
+        _refine(model, clean, footprints, variance, bad, labels, state, codes, active, active_groups,
+                margins(), config.refine_steps, conditions)
     if config.fit_steps > 0 and len(active):
         _fit(model, clean, bad, footprints, variance, labels, state, codes, active_groups, stamp_size, config,
              conditions)
@@ -913,6 +926,45 @@ def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarra
                             flux_prior=config.fit_flux_prior,
                             flux_fraction=config.fit_flux_fraction, accept=config.fit_accept)
     state.array[fitted] = result
+
+
+def _refine(model, clean: np.ndarray, footprints: np.ndarray, variance: np.ndarray | None,
+            bad: np.ndarray | None, labels: np.ndarray, state: _Models, codes: tuple | None,
+            active: np.ndarray, active_groups: list[np.ndarray], margins: list[int], steps: int,
+            conditions: _StampConditions) -> None:
+    """The learned refinement (``model.refine``) of every unbinned active galaxy, ``steps`` times: each
+    step re-cuts every stamp from its parent's view minus the other galaxies' current models and moves all
+    codes at once.  Binned galaxies keep their models (the decoder draws stamps of ``s`` pixels); their
+    models are taken out of their neighbours' stamps."""
+    plain = state.factor[active] == 1
+    refined = active[plain]
+    if not len(refined):
+        return
+    neighbours = state.neighbours_of(refined)
+    keywords = conditions(refined)
+    if codes is None:  # one pass only: encode each galaxy on its parent's view minus the others
+        views = _ParentViews(clean, footprints, labels, state.centers, active_groups, margins)
+        for i in active:
+            views.subtract(i, state[i], tuple(state.centers[i]))
+        codes = model.encode(state.inputs(refined, views), neighbours, **keywords)
+        del views
+        latents, factors = codes
+    else:
+        latents, factors = codes[0][plain], codes[1][plain]
+    if "variance" not in keywords:
+        known = variance if variance is not None else estimate_variance(clean, footprints, bad)
+        keywords["variance"] = np.broadcast_to(np.asarray(known, dtype=np.float32),
+                                               (len(refined), len(clean)))
+    log_amplitude = np.zeros((len(refined), clean.shape[0]), dtype=np.float32)
+    for _ in range(steps):
+        views = None  # one set of views at a time
+        views = _ParentViews(clean, footprints, labels, state.centers, active_groups, margins)
+        for i in active:
+            views.subtract(i, state[i], tuple(state.centers[i]))
+        latents, log_amplitude, out = model.refine(state.inputs(refined, views), neighbours, latents, factors,
+                                                   log_amplitude, state.array[refined], **keywords)
+        state.store(refined, out)
+    del views
 
 
 def _waves(centers: np.ndarray, brightness: np.ndarray, size: int) -> np.ndarray:

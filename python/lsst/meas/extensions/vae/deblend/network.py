@@ -11,9 +11,10 @@ import logging
 import numpy as np
 import torch
 
-from ..model.networks import neighbour_maps
+from ..model.networks import condition_maps, neighbour_maps
+from ..model.refiner import AMPLITUDE_LIMIT, Refiner, refiner_inputs
 from ..model.training import default_device, network_output
-from ..model.weights import load_bundle, shipped_weights_path
+from ..model.weights import load_bundle, load_refiner, refiner_path, shipped_weights_path
 
 # On the CPU, network calls run on batches padded to a multiple of this: the CPU kernels round their sums
 # differently for batches of other sizes (measured: models up to 7e-4 e- apart for batches of 1-3 or 5-7
@@ -55,11 +56,16 @@ class VaeDeblender:
         On the CPU, make every stamp's model the same bit for bit whatever the batch (`BATCH_MULTIPLE`):
         free for the pipeline's large batches; a call of one blend of a few galaxies takes about 1.7 times
         as long (docs/robustness.md).
+    refiner : `str` or `Refiner`, optional
+        The learned refinement (`refine`): a ``.refiner.safetensors`` path or a network; by default the
+        weights' own refiner file beside them (`model.weights.refiner_path`), loaded when first used.
     """
 
     def __init__(self, weights: str = "lsst", bands=None, device=None, batch_size: int = 256,
-                 deterministic: bool = True) -> None:
+                 deterministic: bool = True, refiner: str | Refiner | None = None) -> None:
         self.device = torch.device(device) if device is not None else default_device()
+        self._weights = weights
+        self._refiner = refiner
         self._exact = deterministic and self.device.type == "cpu"
         self.vae, self.deblender, self.norm, self.metadata = load_bundle(weights, bands=bands,
                                                                          device=self.device)
@@ -227,6 +233,101 @@ class VaeDeblender:
             mean, _ = self.vae.encoder(x)
             models[lo:hi] = self.decode(mean[: hi - lo], psf_batch, factors).cpu().numpy()
         return models
+
+    @property
+    def refiner(self) -> Refiner:
+        """The learned refinement network (loaded on first use)."""
+        if not isinstance(self._refiner, Refiner):
+            path = self._refiner or refiner_path(self._weights)
+            if not shipped_weights_path(str(path)).exists():
+                raise FileNotFoundError(f"No refiner for the weights {self._weights!r} ({path}): train one "
+                                        "with `vae-deblend train refiner` (docs/model.md).")
+            self._refiner, _ = load_refiner(path, self.metadata, device=self.device)
+            self._refiner = self._refiner.to(memory_format=torch.channels_last)
+        return self._refiner
+
+    def refine_step(self, refiner: Refiner, stamps: torch.Tensor, neighbours: torch.Tensor,
+                    codes: torch.Tensor, log_amplitude: torch.Tensor, models: torch.Tensor,
+                    variance: torch.Tensor, factors: torch.Tensor, psf: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One refinement step on tensors (differentiable in ``refiner``'s parameters: the training's
+        step too): new codes, log-amplitudes (n, bands) and models (electrons).
+
+        ``stamps`` (n, bands, s, s) are the galaxies' stamps of their parents' pixels minus the other
+        galaxies' models, ``neighbours`` their neighbour maps (n, 1, s, s), ``models`` their current
+        models, ``variance`` (n, bands) the noise, ``factors`` the stamps' amplitude factors.
+        """
+        conditions = None
+        if self.conditioned:
+            conditions = condition_maps(psf, variance / factors[:, None] ** 2, self.deblender.decoder.scales,
+                                        self.stamp_size)
+        x = refiner_inputs(stamps, models, variance, factors, self.norm, neighbours, conditions,
+                           elementwise=lambda function, t: self._in_chunks(function, t))
+        step, amplitude_step = refiner(x.contiguous(memory_format=torch.channels_last), codes)
+        scale = 1.0 if self.latent_scale is None else torch.as_tensor(self.latent_scale, device=codes.device)
+        codes = codes + scale * step
+        log_amplitude = (log_amplitude + amplitude_step).clamp(-AMPLITUDE_LIMIT, AMPLITUDE_LIMIT)
+        models = self.decode(codes, psf, factors) * torch.exp(log_amplitude)[:, :, None, None]
+        return codes, log_amplitude, models
+
+    @torch.no_grad()
+    def refine(self, stamps: np.ndarray, neighbours: np.ndarray, codes: np.ndarray, factors: np.ndarray,
+               log_amplitude: np.ndarray, models: np.ndarray, variance: np.ndarray,
+               psf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One step of the learned refinement (`model.refiner`) of every galaxy's code and amplitudes.
+
+        Parameters
+        ----------
+        stamps : `numpy.ndarray`, (n, bands, s, s)
+            Each galaxy's stamp of its parent's pixels minus the other galaxies' current models, electrons.
+        neighbours : `numpy.ndarray`, (n, k, 2)
+            (x, y) stamp positions of the other peaks (NaN rows for none).
+        codes : `numpy.ndarray`, (n, latent)
+            Current latent codes (the encoder's to start with, `encode`).
+        factors : `numpy.ndarray`, (n,)
+            The stamps' amplitude factors (`encode`).
+        log_amplitude : `numpy.ndarray`, (n, bands)
+            Current log-amplitude of each band's model (zeros to start with).
+        models : `numpy.ndarray`, (n, bands, s, s)
+            Current models, electrons.
+        variance : `numpy.ndarray`, (n, bands) or (bands,)
+            Noise variance per pixel, electrons^2.
+        psf : `numpy.ndarray`, (n, bands, p, p), optional
+            PSF images, for PSF-aware weights.
+
+        Returns
+        -------
+        codes, log_amplitude, models : `numpy.ndarray`
+            The refined codes, log-amplitudes and models (float32).
+        """
+        refiner = self.refiner
+        n = len(stamps)
+        variance = np.broadcast_to(np.asarray(variance, dtype=np.float32), (n, len(self.bands)))
+        psf, _ = self._conditions(n, psf, variance) if self.conditioned else (None, None)
+        out_codes = np.zeros((n, codes.shape[1]), dtype=np.float32)
+        out_amplitude = np.zeros((n, len(self.bands)), dtype=np.float32)
+        out_models = np.zeros(stamps.shape, dtype=np.float32)
+
+        def tensor(a: np.ndarray, lo: int, hi: int) -> torch.Tensor:
+            return self._padded(torch.from_numpy(np.ascontiguousarray(a[lo:hi], dtype=np.float32))
+                                ).to(self.device)
+
+        for lo in range(0, n, self.batch_size):
+            hi = min(n, lo + self.batch_size)
+            maps = self._padded(torch.from_numpy(neighbour_maps(neighbours[lo:hi], self.stamp_size))
+                                ).to(self.device)
+            factor = tensor(factors, lo, hi)
+            factor = torch.where(factor > 0, factor, torch.ones_like(factor))  # padding rows
+            psf_batch = None if psf is None else self._padded_psf(self._psf_tensor(psf, lo, hi))
+            variance_batch = tensor(variance, lo, hi)
+            variance_batch = torch.where(variance_batch > 0, variance_batch, torch.ones_like(variance_batch))
+            z, amplitude, model = self.refine_step(
+                refiner, tensor(stamps, lo, hi), maps, tensor(codes, lo, hi), tensor(log_amplitude, lo, hi),
+                tensor(models, lo, hi), variance_batch, factor, psf_batch)
+            out_codes[lo:hi] = z[: hi - lo].cpu().numpy()
+            out_amplitude[lo:hi] = amplitude[: hi - lo].cpu().numpy()
+            out_models[lo:hi] = model[: hi - lo].cpu().numpy()
+        return out_codes, out_amplitude, out_models
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with zero rows appended up to a multiple of `BATCH_MULTIPLE` rows, on the CPU."""

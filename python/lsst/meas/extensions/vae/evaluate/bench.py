@@ -16,6 +16,7 @@ parents.  Every galaxy of every blend is scored in r against its noiseless isola
 Deblenders (``--deblenders``), each given the same peaks and the same detection footprint:
 
 - ``vae``: the network, encoder only (the pipeline's default); ``vae-fit``: with the latent fit;
+  ``vae-refine``: with the learned refinement (`model.refiner`);
 - ``scarlet``: scarlet2, configured as DRP's scarlet_lite (`lsst.meas.extensions.vae.compare.scarlet`);
 - ``sep``: every footprint pixel goes to its nearest peak (no model): a floor;
 - ``none``: no deblending: a 2.5" aperture flux and HSM on the blend itself: the other floor.
@@ -58,7 +59,7 @@ from ..measure.stats import BLENDEDNESS_BINS, SNR_BINS
 from ..sim.blend import Blend, BlendConfig, BlendMaker, CatalogGalaxies
 from .central import isolated_reconstructions, tile_field
 
-DEBLENDERS = ("vae", "vae-fit", "scarlet", "sep", "none")
+DEBLENDERS = ("vae", "vae-fit", "vae-refine", "scarlet", "sep", "none")
 # Matching detected peaks to true centres, pixels (0.4" at LSST's 0.2" pixels; as the pipeline's
 # compareToTruth and the demo).
 MATCH_RADIUS = 2.0
@@ -105,6 +106,10 @@ class BenchConfig:
         The VAE's weights.
     fit_steps : `int`
         Steps of ``vae-fit``'s latent fit.
+    refine_steps : `int`
+        Steps of ``vae-refine``'s learned refinement (`model.refiner`).
+    refiner : `str`, optional
+        ``vae-refine``'s refiner file; the weights' own (``NAME.refiner.safetensors``) when not given.
     threads : `int`
         Threads of torch and JAX (1: the per-core cost).
     warmup : `int`
@@ -127,6 +132,8 @@ class BenchConfig:
     shear_g: float = 0.02
     weights: str = "lsst"
     fit_steps: int = 60
+    refine_steps: int = 2
+    refiner: str | None = None
     threads: int = 1
     warmup: int = 3
     bootstrap: int = 1000
@@ -196,12 +203,13 @@ def _on_grid(stamps: list[np.ndarray], origins: list[tuple[int, int]], shape: tu
     return out
 
 
-def vae_deblender(weights: str, fit_steps: int = 0) -> Deblender:
+def vae_deblender(weights: str, fit_steps: int = 0, refine_steps: int = 0, refiner: str | None = None
+                  ) -> Deblender:
     """The VAE through the whole-field core, the blend as one parent on its detection footprint."""
-    from ..deblend.network import load_deblender
+    from ..deblend.network import VaeDeblender, load_deblender
 
-    net = load_deblender(weights)
-    config = DeblendConfig(fit_steps=fit_steps)
+    net = load_deblender(weights) if not refine_steps else VaeDeblender(weights, refiner=refiner)
+    config = DeblendConfig(fit_steps=fit_steps, refine_steps=refine_steps)
 
     def run(scene: Scene) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         children, parents = deblend_field(scene.image, scene.peaks, net, net.stamp_size,
@@ -280,6 +288,9 @@ def _make_deblenders(config: BenchConfig) -> dict[str, Deblender]:
             out[name] = vae_deblender(config.weights)
         elif name == "vae-fit":
             out[name] = vae_deblender(config.weights, fit_steps=config.fit_steps)
+        elif name == "vae-refine":
+            out[name] = vae_deblender(config.weights, refine_steps=config.refine_steps,
+                                      refiner=config.refiner)
         elif name == "scarlet":
             out[name] = scarlet_deblender()
         elif name == "sep":

@@ -124,7 +124,8 @@ def plot_bench(result: dict, path: str | Path) -> Path:
 
 
 # The rows a suite plot shows, and their colours.
-_SUITE_ROWS = {"vae": "C0", "vae-fit": "C1", "scarlet": "C2", "none": "C7", "vae:isolated": "C4"}
+_SUITE_ROWS = {"vae": "C0", "vae-fit": "C1", "vae-refine": "C3", "scarlet": "C2", "none": "C7",
+               "vae:isolated": "C4"}
 
 
 def plot_suite(suite: dict, path: str | Path, bins_path: str | Path) -> tuple[Path, Path]:
@@ -149,7 +150,7 @@ def plot_suite(suite: dict, path: str | Path, bins_path: str | Path) -> tuple[Pa
     axes[0, 0].legend(fontsize=8)
     cfg = suite["config"]
     fig.suptitle(f"Shift suite: {cfg['n']} blends per set (latent fit on {cfg['fit_n'] or cfg['n']}), "
-                 f"weights {cfg['weights']}; conserved children for vae, vae-fit and scarlet")
+                 f"weights {cfg['weights']}; conserved children for the VAE rows and scarlet")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

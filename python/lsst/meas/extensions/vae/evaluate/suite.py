@@ -227,6 +227,9 @@ class SuiteConfig:
         Blends of each set the latent fit runs on (the first ones); all ``n`` when not given.
     weights : `str`
     fit_steps : `int`
+    refine_steps : `int`
+    refiner : `str`, optional
+        ``vae-refine``'s refiner file (the weights' own by default).
     threads : `int`
     catalogs : `str`, optional
         Folder of the catalogues (`find_catalogs` when not given).
@@ -239,6 +242,8 @@ class SuiteConfig:
     fit_n: int | None = None
     weights: str = "lsst"
     fit_steps: int = 60
+    refine_steps: int = 2
+    refiner: str | None = None
     threads: int = 1
     catalogs: str | None = None
 
@@ -255,7 +260,8 @@ class SuiteConfig:
 
 def _bench_config(config: SuiteConfig, n: int, deblenders: tuple[str, ...], isolated: bool) -> BenchConfig:
     return BenchConfig(n=n, seed=config.seed, deblenders=deblenders, weights=config.weights,
-                       fit_steps=config.fit_steps, threads=config.threads, isolated_bound=isolated)
+                       fit_steps=config.fit_steps, refine_steps=config.refine_steps, refiner=config.refiner,
+                       threads=config.threads, isolated_bound=isolated)
 
 
 def _run_set(config: SuiteConfig, spec: SuiteSet, maker: BlendMaker, out: Path, progress: bool) -> dict:
@@ -375,6 +381,7 @@ def _fmt(x: float | None, digits: int = 3, sign: bool = False) -> str:
 
 # The rows of the table, in order: (row of the bench result, label, row of its models).
 _TABLE_ROWS = (("vae", "vae (encoder)", "vae:model"), ("vae-fit", "vae-fit (latent fit)", "vae-fit:model"),
+               ("vae-refine", "vae-refine (learned refinement)", "vae-refine:model"),
                ("scarlet", "scarlet", "scarlet:model"), ("none", "no deblending", None),
                (ISOLATED_ROW, "VAE on each galaxy alone (bound)", ISOLATED_ROW))
 

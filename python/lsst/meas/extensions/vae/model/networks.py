@@ -89,19 +89,24 @@ PRESETS = {
 }
 
 
+def _conv_features(in_channels: int, filters: tuple[int, ...]) -> nn.Sequential:
+    """The encoders' blocks: per block a 3x3 convolution and a 3x3 stride-2 convolution, each with PReLU."""
+    layers: list[nn.Module] = []
+    channels = in_channels
+    for f in filters:
+        layers += [nn.Conv2d(channels, f, 3, padding=1), nn.PReLU(f),
+                   nn.Conv2d(f, f, 3, stride=2, padding=1), nn.PReLU(f)]
+        channels = f
+    return nn.Sequential(*layers)
+
+
 class Encoder(nn.Module):
     """Images (batch, channels, size, size) to latent mean and log standard deviation."""
 
     def __init__(self, config: NetworkConfig, in_channels: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for f in config.filters:
-            layers += [nn.Conv2d(channels, f, 3, padding=1), nn.PReLU(f),
-                       nn.Conv2d(f, f, 3, stride=2, padding=1), nn.PReLU(f)]
-            channels = f
-        self.features = nn.Sequential(*layers)
-        flat = channels * config.bottleneck**2
+        self.features = _conv_features(in_channels, config.filters)
+        flat = config.filters[-1] * config.bottleneck**2
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, config.dense), nn.PReLU(),
                                   nn.Linear(config.dense, 2 * config.latent))
         self.latent = config.latent

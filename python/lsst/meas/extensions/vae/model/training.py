@@ -239,9 +239,15 @@ def flux_loss(output: torch.Tensor, target: torch.Tensor, variance: torch.Tensor
     huber : `float`
         Scale (in flux errors) beyond which the term grows linearly; 0: the plain chi^2.
     """
-    model = norm.inverse(output.clamp(-12.0, 12.0)).sum(dim=(2, 3))
+    return model_flux_loss(norm.inverse(output.clamp(-12.0, 12.0)), target, variance, huber)
+
+
+def model_flux_loss(model: torch.Tensor, target: torch.Tensor, variance: torch.Tensor, huber: float = 0.0
+                    ) -> torch.Tensor:
+    """`flux_loss` of models in electrons (batch, bands, h, w)."""
+    model = model.sum(dim=(2, 3))
     truth = target.sum(dim=(2, 3))
-    pixels = output.shape[-1] * output.shape[-2]
+    pixels = target.shape[-1] * target.shape[-2]
     error2 = pixels * variance + (FLUX_LOSS_FLOOR * truth) ** 2
     chi2 = (model - truth) ** 2 / error2
     if huber > 0:

@@ -1,17 +1,21 @@
 """Model weights: safetensors files with metadata, never pickle.
 
 A training run writes one network (`save_model`); the shipped file bundles the VAE and the deblender
-encoder (`save_bundle`), which share the VAE's decoder.  Metadata (all strings): ``kind``, ``bands``,
-``stamp_size``, ``network`` (the `NetworkConfig`), ``normalization``, ``likelihood``, ``data_config``
-(the `BlendConfig` of the training data), ``sha256`` (of the tensors), plus free entries such as the
-training command and the data seed.  Loading checks the bands, stamp size and normalisation against
-what the caller asks for and fails with a clear message when they differ.
+encoder (`save_bundle`), which share the VAE's decoder.  A refiner (`model.refiner`) is trained on one
+bundle's decoder and written beside it (`save_refiner`: ``NAME.refiner.safetensors`` beside
+``NAME.safetensors``), with that bundle's ``sha256``: it is loaded only with the bundle it was trained
+for.  Metadata (all strings): ``kind``, ``bands``, ``stamp_size``, ``network`` (the `NetworkConfig`),
+``normalization``, ``likelihood``, ``data_config`` (the `BlendConfig` of the training data), ``sha256``
+(of the tensors), plus free entries such as the training command and the data seed.  Loading checks the
+bands, stamp size and normalisation against what the caller asks for and fails with a clear message when
+they differ.
 """
 
 from __future__ import annotations
 
 __all__ = ["save_model", "load_model", "save_bundle", "load_bundle", "shipped_weights_path",
-           "WeightsMismatchError", "read_metadata", "trained_over"]
+           "WeightsMismatchError", "read_metadata", "trained_over", "save_refiner", "load_refiner",
+           "refiner_path"]
 
 import dataclasses
 import hashlib
@@ -24,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from .networks import VAE, Deblender, NetworkConfig
 from .normalization import Normalization
+from .refiner import Refiner, RefinerConfig
 
 FORMAT_VERSION = "1"
 _WEIGHTS_DIR = Path(__file__).resolve().parents[6] / "weights"
@@ -175,3 +180,39 @@ def load_bundle(name: str | Path = "lsst", bands=None, stamp_size=None, normaliz
                                        if k.startswith("deblender.encoder.")})
     norm = Normalization.from_json(meta["normalization"])
     return vae.to(device).eval(), deblender.to(device).eval(), norm, meta
+
+
+def refiner_path(bundle: str | Path) -> Path:
+    """Where the refiner of a bundle lives: ``NAME.refiner.safetensors`` beside ``NAME.safetensors``."""
+    path = shipped_weights_path(str(bundle))
+    return path.with_name(path.name.removesuffix(".safetensors") + ".refiner.safetensors")
+
+
+def save_refiner(path: str | Path, refiner: Refiner, bundle_meta: dict[str, str], extra: dict | None = None
+                 ) -> Path:
+    """Write a refiner trained on the bundle whose metadata is ``bundle_meta`` (its bands, stamp size,
+    normalisation and ``sha256`` are recorded)."""
+    meta = {"format_version": FORMAT_VERSION, "kind": "refiner", "bands": bundle_meta["bands"],
+            "stamp_size": bundle_meta["stamp_size"], "normalization": bundle_meta["normalization"],
+            "refiner": json.dumps(dataclasses.asdict(refiner.config)), "bundle_sha256": bundle_meta["sha256"]}
+    meta.update({k: str(v) for k, v in (extra or {}).items()})
+    return _save(Path(path), dict(refiner.state_dict()), meta)
+
+
+def load_refiner(path: str | Path, bundle_meta: dict[str, str], device: str | torch.device = "cpu"
+                 ) -> tuple[Refiner, dict[str, str]]:
+    """Load a refiner written by `save_refiner`, checking that it was trained on the bundle whose metadata
+    is ``bundle_meta`` (`WeightsMismatchError` if not)."""
+    path = Path(path)
+    tensors, meta = _load(path, device)
+    if meta["kind"] != "refiner":
+        raise ValueError(f"{path} holds a {meta['kind']!r}, not a refiner.")
+    if meta.get("bundle_sha256") != bundle_meta.get("sha256"):
+        trained, given = meta.get("bundle_sha256", "")[:12], bundle_meta.get("sha256", "")[:12]
+        raise WeightsMismatchError(f"The refiner {path} was trained on other weights (sha256 {trained}, "
+                                   f"these {given}).")
+    values = json.loads(meta["refiner"])
+    config = RefinerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    refiner = Refiner(config)
+    refiner.load_state_dict(tensors)
+    return refiner.to(device).eval(), meta
