@@ -2,4 +2,5 @@
 # (weights/lsst.md, "Two ways to run it"). Apply with
 #   -C deblendCoaddFootprints:$MEAS_EXTENSIONS_VAE_DIR/config/vaeEncoderOnly.py
 config.vae.fitSteps = 0
+config.vae.refineSteps = 0
 config.vae.iterations = 2

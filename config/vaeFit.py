@@ -4,6 +4,7 @@
 # Apply with
 #   -C deblendCoaddFootprints:$MEAS_EXTENSIONS_VAE_DIR/config/vaeFit.py
 config.vae.fitSteps = 60
+config.vae.refineSteps = 0
 config.vae.fitLearningRate = 0.1
 config.vae.fitPriorWeight = 1.0
 config.vae.fitAmplitudeSigma = 0.3

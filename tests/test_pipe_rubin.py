@@ -358,7 +358,7 @@ def test_override_files_set_known_fields():
 
     files = sorted(CONFIG_DIR.rglob("*.py"))
     assert {f.relative_to(CONFIG_DIR).as_posix() for f in files} >= {
-        "LSSTCam/deblendCoaddFootprints.py", "vaeEncoderOnly.py", "vaeFit.py"}
+        "LSSTCam/deblendCoaddFootprints.py", "vaeEncoderOnly.py", "vaeFit.py", "vaeRefine.py"}
     scarletFields = {"maxNumberOfPeaks", "maxFootprintArea", "maxAreaTimesPeaks", "badMask", "pseudoColumns",
                      "persistIsolated", "catchFailures", "maskLimits", "maxFootprintSize", "processSingles"}
     for path in files:
@@ -368,10 +368,16 @@ def test_override_files_set_known_fields():
                                                                                       multibandDeblend=multiband)})
         vae.validate()
         assert set(vars(multiband)) <= scarletFields, path
-    fit, fast = VaeDeblendConfig(), VaeDeblendConfig()
-    for config, name in ((fit, "vaeFit.py"), (fast, "vaeEncoderOnly.py")):
+    fit, fast, refine = VaeDeblendConfig(), VaeDeblendConfig(), VaeDeblendConfig()
+    for config, name in ((fit, "vaeFit.py"), (fast, "vaeEncoderOnly.py"), (refine, "vaeRefine.py")):
         exec((CONFIG_DIR / name).read_text(), {"config": SimpleNamespace(vae=config)})
-    assert fit.fitSteps == 60 and fast.fitSteps == 0
+    assert fit.fitSteps == 60 and fast.fitSteps == 0 and fast.refineSteps == 0
+    assert refine.refineSteps == 2 and refine.fitSteps == 0
+    assert refine.deblendConfig().refine_steps == 2
+    both = VaeDeblendConfig()
+    both.fitSteps, both.refineSteps = 60, 2
+    with pytest.raises(Exception, match="one or the other"):
+        both.validate()
 
 
 # Top-level Rubin packages imported by pipe/rubin/ and their eups names.

@@ -106,3 +106,21 @@ def test_weights_without_a_refiner_say_how_to_get_one(tiny_training):
     with pytest.raises(FileNotFoundError, match="vae-deblend train refiner"):
         deblend_field(image, peaks, net, net.stamp_size, variance=variance,
                       config=DeblendConfig(refine_steps=1, bin_large=False))
+
+
+def test_relative_loss_scores_each_galaxy_against_its_encoder_models(tiny_training, refiner_run):
+    from pathlib import Path
+
+    from lsst.meas.extensions.vae.deblend.refine import _tensors, refiner_loss
+
+    net = VaeDeblender(str(tiny_training["bundle"]), device="cpu", deterministic=False)
+    capture = next(Path(refiner_run["path"]).parent.glob("capture-val-*.npz"))
+    with np.load(capture) as f:
+        arrays = {key: f[key] for key in f.files}
+    batch = _tensors(arrays, np.arange(16), net.stamp_size)
+    refiner = load_refiner(refiner_run["path"], net.metadata)[0]
+    with torch.no_grad():
+        assert refiner_loss(net, refiner, batch, 0, 1.0, 3.0, relative=True).item() == pytest.approx(1.0)
+        absolute = refiner_loss(net, refiner, batch, 2, 1.0, 3.0).item()
+        relative = refiner_loss(net, refiner, batch, 2, 1.0, 3.0, relative=True).item()
+    assert np.isfinite(absolute) and 0 < relative < 10

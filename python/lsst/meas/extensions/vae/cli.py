@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--flux-huber", type=float, default=3.0, help="pseudo-Huber scale of the flux term")
     r.add_argument("--max-train", type=int, default=100_000, help="training blends captured, at most")
     r.add_argument("--max-val", type=int, default=1000, help="validation blends captured, at most")
+    r.add_argument("--relative", action="store_true",
+                   help="score each galaxy's loss relative to its encoder models' (every galaxy weighs the same)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
     r.add_argument("--no-progress", action="store_true")
@@ -315,7 +317,7 @@ def train_refiner(args: argparse.Namespace) -> dict:
         steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, max_epochs=args.max_epochs, patience=args.patience,
         max_minutes=args.max_minutes, seed=args.seed, flux_weight=args.flux_weight,
-        flux_huber=args.flux_huber, max_train=args.max_train, max_val=args.max_val)
+        flux_huber=args.flux_huber, max_train=args.max_train, max_val=args.max_val, relative=args.relative)
     command = "vae-deblend " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("vae-deblend") else ""
     summary = train_refiner(config, resume=args.resume, command=command, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "best_state"}, indent=2))

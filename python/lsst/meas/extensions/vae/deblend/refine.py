@@ -26,8 +26,7 @@ from tqdm import tqdm
 
 from ..model.networks import neighbour_maps
 from ..model.refiner import Refiner, RefinerConfig
-from ..model.training import (_atomic_torch_save, _atomic_write_text, _plot_curves, model_flux_loss,
-                              reconstruction_loss)
+from ..model.training import _atomic_torch_save, _atomic_write_text, _plot_curves, model_flux_loss
 from ..model.weights import save_refiner
 from ..sim.dataset import BlendDataset
 from .field import DeblendConfig, cut_stamp, deblend_field
@@ -56,6 +55,9 @@ class RefinerTrainConfig:
     flux_weight, flux_huber : weight and pseudo-Huber scale of the flux term.
     max_train, max_val : `int`
         Blends captured from each (at most).
+    relative : `bool`
+        Score each galaxy's loss relative to its encoder models' loss (the mean of the ratios): every
+        galaxy weighs the same, whatever its brightness and size, instead of the bright ones dominating.
     """
 
     train: tuple[str, ...] = ("runs/refine/train",)
@@ -75,6 +77,7 @@ class RefinerTrainConfig:
     flux_huber: float = 3.0
     max_train: int = 100_000
     max_val: int = 1000
+    relative: bool = False
 
 
 class _Recorder:
@@ -168,27 +171,33 @@ def _tensors(arrays: dict[str, np.ndarray], index: np.ndarray, stamp_size: int) 
 
 
 def refiner_loss(net: VaeDeblender, refiner: Refiner, batch: dict[str, torch.Tensor], steps: int,
-                 flux_weight: float, flux_huber: float) -> torch.Tensor:
+                 flux_weight: float, flux_huber: float, relative: bool = False) -> torch.Tensor:
     """The refiner's training loss on a batch: ``steps`` steps unrolled, each step's models scored against
     the truth (normalised likelihood plus the flux term), averaged over the steps; with ``steps`` 0, the
-    loss of the encoder's models."""
+    loss of the encoder's models; with ``relative``, each galaxy's loss over its encoder models' loss."""
     z, models = batch["codes"], batch["models"]
     amplitude = torch.zeros(models.shape[:2])
 
     def score(models: torch.Tensor) -> torch.Tensor:
-        loss = reconstruction_loss(net.norm.forward(models), batch["truth"], batch["variance"], net.norm,
-                                   "normalized")
+        """Each galaxy's loss: `model.training`'s normalised likelihood and flux term, per stamp."""
+        loss = 0.5 * ((net.norm.forward(models) - net.norm.forward(batch["truth"])) ** 2).sum(dim=(1, 2, 3))
         if flux_weight > 0:
-            loss = loss + flux_weight * model_flux_loss(models, batch["truth"], batch["variance"], flux_huber)
+            loss = loss + flux_weight * model_flux_loss(models, batch["truth"], batch["variance"], flux_huber,
+                                                        per_stamp=True)
         return loss
 
+    start = score(models).detach() if relative else None
+
+    def scaled(loss: torch.Tensor) -> torch.Tensor:
+        return (loss / start.clamp_min(1e-6)).mean() if relative else loss.mean()
+
     if steps == 0:
-        return score(models)
+        return scaled(score(models))
     total = 0.0
     for _ in range(steps):
         z, amplitude, models = net.refine_step(refiner, batch["stamps"], batch["maps"], z, amplitude, models,
                                                batch["variance"], batch["factors"], batch.get("psf"))
-        total = total + score(models)
+        total = total + scaled(score(models))
     return total / steps
 
 
@@ -216,7 +225,8 @@ def _evaluate(net: VaeDeblender, refiner: Refiner, arrays: dict[str, np.ndarray]
             batch = _tensors(arrays, index, net.stamp_size)
             truth = batch["truth"][:, band].sum(dim=(1, 2))
             for name, n_steps in (("refined", steps), ("encoder", 0)):
-                loss = refiner_loss(net, refiner, batch, n_steps, config.flux_weight, config.flux_huber)
+                loss = refiner_loss(net, refiner, batch, n_steps, config.flux_weight, config.flux_huber,
+                                    config.relative)
                 losses[name] += loss.item() * len(index)
                 models = _refined_models(net, refiner, batch, n_steps)
                 errors[name].append(((models[:, band].sum(dim=(1, 2)) - truth) / truth).numpy())
@@ -271,7 +281,8 @@ def train_refiner(config: RefinerTrainConfig, resume: bool = False, command: str
                        desc=f"epoch {state['epoch'] + 1}", unit="batch", disable=not progress):
             batch = _tensors(train_arrays, order[lo:lo + config.batch_size], size)
             optimizer.zero_grad(set_to_none=True)
-            loss = refiner_loss(net, refiner, batch, config.steps, config.flux_weight, config.flux_huber)
+            loss = refiner_loss(net, refiner, batch, config.steps, config.flux_weight, config.flux_huber,
+                                config.relative)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(refiner.parameters(), 10.0)
             optimizer.step()

@@ -242,17 +242,19 @@ def flux_loss(output: torch.Tensor, target: torch.Tensor, variance: torch.Tensor
     return model_flux_loss(norm.inverse(output.clamp(-12.0, 12.0)), target, variance, huber)
 
 
-def model_flux_loss(model: torch.Tensor, target: torch.Tensor, variance: torch.Tensor, huber: float = 0.0
-                    ) -> torch.Tensor:
-    """`flux_loss` of models in electrons (batch, bands, h, w)."""
+def model_flux_loss(model: torch.Tensor, target: torch.Tensor, variance: torch.Tensor, huber: float = 0.0,
+                    per_stamp: bool = False) -> torch.Tensor:
+    """`flux_loss` of models in electrons (batch, bands, h, w); with ``per_stamp``, each stamp's (batch,)."""
     model = model.sum(dim=(2, 3))
     truth = target.sum(dim=(2, 3))
     pixels = target.shape[-1] * target.shape[-2]
     error2 = pixels * variance + (FLUX_LOSS_FLOOR * truth) ** 2
     chi2 = (model - truth) ** 2 / error2
     if huber > 0:
-        return (huber**2 * (torch.sqrt(1 + chi2 / huber**2) - 1)).sum(dim=1).mean()
-    return 0.5 * chi2.sum(dim=1).mean()
+        loss = (huber**2 * (torch.sqrt(1 + chi2 / huber**2) - 1)).sum(dim=1)
+    else:
+        loss = 0.5 * chi2.sum(dim=1)
+    return loss if per_stamp else loss.mean()
 
 
 def network_output(raw: torch.Tensor, likelihood: str) -> torch.Tensor:

@@ -125,7 +125,7 @@ def deblend_blend(image: np.ndarray, footprint: np.ndarray, peaks: np.ndarray, m
     peaks = np.asarray(peaks, dtype=np.float64).reshape(-1, 2)
     if len(peaks) == 0:
         raise ValueError("A parent with no peak to deblend.")
-    needs_noise = config.fit_steps > 0 or getattr(model, "conditioned", False)
+    needs_noise = config.fit_steps > 0 or config.refine_steps > 0 or getattr(model, "conditioned", False)
     children, parents = deblend_field(image, peaks, model, stamp_size, parents=np.ones(len(peaks), np.int64),
                                       footprints=footprint.astype(np.int32), bad=bad, config=config,
                                       variance=(median_variance(variance, bad)

@@ -423,6 +423,8 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
 
             vae = self.config.vae
             self._model = VaeDeblender(vae.weights, device=vae.device, batch_size=vae.batchSize)
+            if vae.refineSteps > 0:
+                _ = self._model.refiner  # a missing refiner: one clear error, not one per parent
         return self._model
 
     @model.setter

@@ -91,6 +91,11 @@ class VaeDeblendConfig(pexConfig.Config):
             "chi-square got worse, or that took light from a neighbour whose share got worse.",
         default=True,
     )
+    refineSteps = pexConfig.Field[int](
+        doc="Steps of the learned refinement of each child's code and amplitudes (the weights' "
+            "NAME.refiner.safetensors; 0: none). Replaces the latent fit: not with fitSteps.",
+        default=0,
+    )
 
     doBinLarge = pexConfig.Field[bool](
         doc="Model galaxies larger than the stamp on a stamp binningFactors times wider, binned "
@@ -147,6 +152,9 @@ class VaeDeblendConfig(pexConfig.Config):
         if any(f < 2 for f in factors) or factors != sorted(set(factors)):
             raise pexConfig.FieldValidationError(VaeDeblendConfig.binningFactors, self,
                                                  "must be increasing integers > 1")
+        if self.refineSteps < 0 or (self.refineSteps > 0 and self.fitSteps > 0):
+            raise pexConfig.FieldValidationError(VaeDeblendConfig.refineSteps, self,
+                                                 "must be >= 0, and 0 when fitSteps > 0 (one or the other)")
 
     def deblendConfig(self) -> DeblendConfig:
         """The array core's options."""
@@ -157,7 +165,7 @@ class VaeDeblendConfig(pexConfig.Config):
                              fit_amplitude_sigma=self.fitAmplitudeSigma,
                              fit_flux_prior=self.fitFluxPrior,
                              fit_flux_fraction=self.fitFluxFraction, fit_accept=self.fitAccept,
-                             bin_large=self.doBinLarge,
+                             refine_steps=self.refineSteps, bin_large=self.doBinLarge,
                              binning_factors=tuple(self.binningFactors),
                              bin_edge_fraction=self.binEdgeFraction, bin_edge_width=self.binEdgeWidth,
                              bin_edge_snr=self.binEdgeSnr)

@@ -161,6 +161,9 @@ class VaeDeblendConfig(DeblendConfigBase):
     fitAccept = Field[bool](
         doc="After the fit, give the encoder's model back to every child whose share of the parent's "
             "chi-square got worse, or that took light from a neighbour whose share got worse.", default=True)
+    refineSteps = Field[int](
+        doc="Steps of the learned refinement of each galaxy's code and amplitudes (the weights' "
+            "NAME.refiner.safetensors; 0: none). Replaces the latent fit: not with fitSteps.", default=0)
     doBinLarge = Field[bool](
         doc="Model galaxies larger than the stamp on a stamp binningFactors times wider, binned "
             "(deblend_binned, deblend_binFactor; docs/model.md).", default=True)
@@ -182,6 +185,9 @@ class VaeDeblendConfig(DeblendConfigBase):
         factors = list(self.binningFactors)
         if any(f < 2 for f in factors) or factors != sorted(set(factors)):
             raise ValueError(f"binningFactors must be increasing integers > 1, got {factors}.")
+        if self.refineSteps < 0 or (self.refineSteps > 0 and self.fitSteps > 0):
+            raise ValueError(f"refineSteps ({self.refineSteps}) must be >= 0, and 0 when fitSteps "
+                             f"({self.fitSteps}) > 0: the learned refinement replaces the latent fit.")
 
 
 @dataclasses.dataclass
@@ -244,6 +250,8 @@ class VaeDeblendTask(PipelineTask):
 
             self._model = load_deblender(self.config.weights, self.config.device or None,
                                          self.config.batchSize)
+            if self.config.refineSteps > 0:
+                _ = self._model.refiner  # a missing refiner: one clear error, not one per parent
         return self._model
 
     def runQuantum(self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection,
@@ -422,6 +430,7 @@ class VaeDeblendTask(PipelineTask):
                 "stamp_size": int(model.stamp_size), "iterations": self.config.iterations,
                 "doRefineCentroids": self.config.doRefineCentroids,
                 "doConserveFlux": self.config.doConserveFlux, "fitSteps": self.config.fitSteps,
+                "refineSteps": self.config.refineSteps,
                 "doBinLarge": self.config.doBinLarge, "binningFactors": list(self.config.binningFactors)}
 
     def _iterations(self, outcome: _Outcome) -> int:
@@ -432,7 +441,8 @@ class VaeDeblendTask(PipelineTask):
                missing: tuple[str, ...]) -> np.ndarray | None:
         """The per-band noise the deblender is given (the latent fit's and a PSF- and noise-aware network's;
         `None`: none needed)."""
-        needed = self.config.fitSteps > 0 or getattr(self.model, "conditioned", False)
+        needed = (self.config.fitSteps > 0 or self.config.refineSteps > 0
+                  or getattr(self.model, "conditioned", False))
         return self._noise_variance(coadds, bands, bad, missing) if needed else None
 
     @staticmethod
@@ -466,6 +476,7 @@ class VaeDeblendTask(PipelineTask):
                              fit_amplitude_sigma=self.config.fitAmplitudeSigma,
                              fit_flux_prior=self.config.fitFluxPrior,
                              fit_flux_fraction=self.config.fitFluxFraction, fit_accept=self.config.fitAccept,
+                             refine_steps=self.config.refineSteps,
                              bin_large=self.config.doBinLarge,
                              binning_factors=tuple(self.config.binningFactors),
                              bin_edge_fraction=self.config.binEdgeFraction,
