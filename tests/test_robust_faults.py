@@ -480,7 +480,9 @@ def test_train_killed_three_times_resumes_from_its_checkpoints(tiny_blends, tmp_
     left_partial.append(tmp_checkpoint.exists() or pending.exists())
     states.append(_check_after_kill(out, states[-1]["epoch"]))
 
-    # Run 3: killed at a random moment (seeded) within 2 s of its first checkpoint.
+    # Run 3: killed at a random moment (seeded) within 2 s of its first checkpoint, and at the latest when
+    # its second checkpoint appears: on a fast machine 2 s hold the rest of the run's epochs, and a run
+    # that ends before its kill tests nothing.
     delay = float(rng.uniform(0.0, 2.0))
     since: list[float] = []
 
@@ -489,7 +491,9 @@ def test_train_killed_three_times_resumes_from_its_checkpoints(tiny_blends, tmp_
             since.append(time.monotonic())
         return time.monotonic() - since[0] >= delay
 
-    _run_until(command + ["--resume"], tmp_path / "run3.log", after(1, random_moment), env=env, watch=watcher)
+    second = after(2, lambda: True)
+    _run_until(command + ["--resume"], tmp_path / "run3.log", after(1, lambda: random_moment() or second()),
+               env=env, watch=watcher)
     states.append(_check_after_kill(out, states[-1]["epoch"]))
 
     # Run 4: to the end.

@@ -75,10 +75,15 @@ class NetworkConfig:
     @property
     def bottleneck(self) -> int:
         """Side of the smallest feature map."""
-        size = self.stamp_size
-        for _ in self.filters:
-            size = math.ceil(size / 2)
-        return size
+        return bottleneck_side(self.stamp_size, len(self.filters))
+
+
+def bottleneck_side(stamp_size: int, blocks: int) -> int:
+    """Side of the feature map after ``blocks`` stride-2 blocks (`_conv_features`) on a stamp."""
+    size = stamp_size
+    for _ in range(blocks):
+        size = math.ceil(size / 2)
+    return size
 
 
 # `paper`: Arcelin et al. (2021) encoder (32/64/128/256 filters, dense 256, latent 32).

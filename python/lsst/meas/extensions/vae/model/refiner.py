@@ -19,13 +19,12 @@ from __future__ import annotations
 __all__ = ["RefinerConfig", "Refiner", "refiner_inputs", "AMPLITUDE_LIMIT"]
 
 import dataclasses
-import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .networks import _conv_features
+from .networks import _conv_features, bottleneck_side
 from .normalization import Normalization
 
 # The refined log-amplitude of a band stays within +-1 (a factor e either way): the decoder's fluxes are
@@ -68,10 +67,8 @@ class RefinerConfig:
 
     @property
     def bottleneck(self) -> int:
-        size = self.stamp_size
-        for _ in self.filters:
-            size = math.ceil(size / 2)
-        return size
+        """Side of the smallest feature map."""
+        return bottleneck_side(self.stamp_size, len(self.filters))
 
 
 class Refiner(nn.Module):
