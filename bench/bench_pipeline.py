@@ -10,6 +10,7 @@ Usage::
     python bench/bench_pipeline.py --size 1000 [--weights lsst] [--out bench/output/pipeline_1000.json]
     python bench/bench_pipeline.py --size 4000
     python bench/bench_pipeline.py --size 1000 --fit-steps 60   # with the joint latent fit
+    python bench/bench_pipeline.py --size 1000 --refine-steps 2  # with the learned refinement
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ def main() -> None:
     parser.add_argument("--weights", default="lsst")
     parser.add_argument("--fit-steps", type=int, default=None,
                         help="the deblend task's fitSteps (default: the task's default)")
+    parser.add_argument("--refine-steps", type=int, default=None,
+                        help="the deblend task's refineSteps (default: the task's default)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     fit = "" if args.fit_steps is None else f"_fit{args.fit_steps}"
+    fit += "" if args.refine_steps is None else f"_refine{args.refine_steps}"
     out = args.out or Path(f"bench/output/pipeline_{args.size}{fit}.json")
 
     start = time.perf_counter()
@@ -71,6 +75,8 @@ def main() -> None:
     deblend_config.weights = args.weights
     if args.fit_steps is not None:
         deblend_config.fitSteps = args.fit_steps
+    if args.refine_steps is not None:
+        deblend_config.refineSteps = args.refine_steps
     deblend = VaeDeblendTask(config=deblend_config)
     start = time.perf_counter()
     deblended = deblend.run(coadds, detected.mergedDetections, detected.peaks, detected.footprints)
@@ -84,7 +90,8 @@ def main() -> None:
 
     n_objects = len(deblended.deblendedCatalog)
     result = {
-        "size": args.size, "fit_steps": deblend_config.fitSteps, "n_truth": len(patch.truth),
+        "size": args.size, "fit_steps": deblend_config.fitSteps, "refine_steps": deblend_config.refineSteps,
+        "n_truth": len(patch.truth),
         "n_parents": len(detected.mergedDetections),
         "n_peaks": len(detected.peaks), "n_objects": n_objects,
         "seconds": {"simulate": t_sim, "detect": t_detect, "deblend": t_deblend, "measure": t_measure,
@@ -97,7 +104,8 @@ def main() -> None:
                     "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
         "command": " ".join(sys.argv),
     }
-    print(f"patch {args.size}x{args.size} (fitSteps {deblend_config.fitSteps}): {result['n_truth']} "
+    print(f"patch {args.size}x{args.size} (fitSteps {deblend_config.fitSteps}, refineSteps "
+          f"{deblend_config.refineSteps}): {result['n_truth']} "
           f"galaxies, {result['n_parents']} parents, {result['n_peaks']} peaks, {n_objects} objects")
     for key, value in result["seconds"].items():
         print(f"  {key:9s} {value:8.1f} s")
