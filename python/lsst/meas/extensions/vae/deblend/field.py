@@ -703,9 +703,7 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
             state.factor[grow] = f
             grown = True
             views = None  # one set of views at a time
-            views = _ParentViews(clean, footprints, labels, centers, active_groups, margins())
-            for i in active:
-                views.subtract(i, state[i], tuple(centers[i]))
+            views = state.views(clean, footprints, labels, active, active_groups, margins())
             before = {int(i): state[i] for i in grow}
             out, _ = model(state.inputs(grow, views), state.neighbours_of(grow), 0,
                            **conditions(grow, state.factor[grow]))
@@ -729,9 +727,7 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
     for it in range(1, max(config.iterations, 1)):
         # Each parent's view minus all of its models; each stamp adds its own model back.
         views = None  # one set of views at a time
-        views = _ParentViews(clean, footprints, labels, centers, active_groups, margins())
-        for i in active:
-            views.subtract(i, state[i], tuple(centers[i]))
+        views = state.views(clean, footprints, labels, active, active_groups, margins())
         last = it == config.iterations - 1
         stamps = state.inputs(active, views)
         arguments = (state.neighbours_of(active),)
@@ -747,9 +743,7 @@ def deblend_field(image: np.ndarray, peaks: np.ndarray, model: StampModel, stamp
     if config.n_samples and config.iterations <= 1 and len(active):  # one pass: sample on its residual
         if state.wide:  # the views of the first pass lack the binned models
             views = None
-            views = _ParentViews(clean, footprints, labels, centers, active_groups, margins())
-            for i in active:
-                views.subtract(i, state[i], tuple(centers[i]))
+            views = state.views(clean, footprints, labels, active, active_groups, margins())
         out, flux_std_active = model(state.inputs(active, views), state.neighbours_of(active),
                                      config.n_samples, **conditions(active, state.factor[active]))
         state.store(active, out)
@@ -842,6 +836,14 @@ class _Models:
         pixels = light.size - inner.size
         return bool(light.sum() - inner.sum() > config.bin_edge_snr * noise() * np.sqrt(pixels))
 
+    def views(self, clean: np.ndarray, footprints: np.ndarray, labels: np.ndarray, members: np.ndarray,
+              groups: list[np.ndarray], margin: int | list[int]) -> _ParentViews:
+        """Each parent's view (`_ParentViews`) minus the current models of peaks ``members``."""
+        views = _ParentViews(clean, footprints, labels, self.centers, groups, margin)
+        for i in members:
+            views.subtract(i, self[i], tuple(self.centers[i]))
+        return views
+
     def inputs(self, idx: np.ndarray, views: _ParentViews) -> np.ndarray:
         """The network's stamps of peaks ``idx`` (each binned by its factor), own models added back."""
         stamps = []
@@ -907,9 +909,7 @@ def _fit(model, clean: np.ndarray, bad: np.ndarray | None, footprints: np.ndarra
     else:  # one pass only: encode each galaxy on its parent's view minus the others
         groups = [g[state.factor[g] == 1] for g in active_groups]
         groups = [g for g in groups if len(g)]
-        views = _ParentViews(clean, footprints, labels, centers, groups, stamp_size // 2 + 1)
-        for i in fitted:
-            views.subtract(i, state[i], tuple(centers[i]))
+        views = state.views(clean, footprints, labels, fitted, groups, stamp_size // 2 + 1)
         latents, factors = model.encode(state.inputs(fitted, views), state.neighbours[fitted],
                                         **conditions(fitted))
         del views
@@ -942,13 +942,9 @@ def _refine(model, clean: np.ndarray, footprints: np.ndarray, variance: np.ndarr
         return
     neighbours = state.neighbours_of(refined)
     keywords = conditions(refined)
+    views = state.views(clean, footprints, labels, active, active_groups, margins)
     if codes is None:  # one pass only: encode each galaxy on its parent's view minus the others
-        views = _ParentViews(clean, footprints, labels, state.centers, active_groups, margins)
-        for i in active:
-            views.subtract(i, state[i], tuple(state.centers[i]))
-        codes = model.encode(state.inputs(refined, views), neighbours, **keywords)
-        del views
-        latents, factors = codes
+        latents, factors = model.encode(state.inputs(refined, views), neighbours, **keywords)
     else:
         latents, factors = codes[0][plain], codes[1][plain]
     if "variance" not in keywords:
@@ -956,11 +952,10 @@ def _refine(model, clean: np.ndarray, footprints: np.ndarray, variance: np.ndarr
         keywords["variance"] = np.broadcast_to(np.asarray(known, dtype=np.float32),
                                                (len(refined), len(clean)))
     log_amplitude = np.zeros((len(refined), clean.shape[0]), dtype=np.float32)
-    for _ in range(steps):
-        views = None  # one set of views at a time
-        views = _ParentViews(clean, footprints, labels, state.centers, active_groups, margins)
-        for i in active:
-            views.subtract(i, state[i], tuple(state.centers[i]))
+    for step in range(steps):
+        if step:  # the views minus the models of the step before
+            views = None  # one set of views at a time
+            views = state.views(clean, footprints, labels, active, active_groups, margins)
         latents, log_amplitude, out = model.refine(state.inputs(refined, views), neighbours, latents, factors,
                                                    log_amplitude, state.array[refined], **keywords)
         state.store(refined, out)

@@ -116,13 +116,12 @@ def capture(data: BlendDataset, net: VaeDeblender, n_max: int, progress: bool = 
     # where an untrained network's wide models would send every galaxy to a binned stamp.
     config = DeblendConfig(refine_steps=1, conserve_flux=False, keep_conserved_images=False, bin_large=False)
     rows: dict[str, list] = {}
-    starts = np.asarray(data._starts)
     total = min(n_max, len(data))
     with tqdm(total=total, desc="capture", unit="blend", disable=not progress) as bar:
-        for k in range(len(starts) - 1):
+        for start, stop in data.shard_ranges:
             if bar.n >= total:
                 break
-            batch = data.read(int(starts[k]), int(min(starts[k + 1], starts[k] + total - bar.n)))
+            batch = data.read(start, min(stop, start + total - bar.n))
             x, y = batch["truth"]["x"], batch["truth"]["y"]
             for b in range(len(batch["image"])):
                 o, count = batch["galaxy_offset"][b], batch["n_galaxies"][b]
@@ -147,13 +146,13 @@ def _captured(out: Path, folders, net: VaeDeblender, n_max: int, progress: bool)
     with more folders, reads back what was captured before."""
     parts = []
     for folder in folders:
-        if n_max - sum(len(p["codes"]) for p in parts) <= 0:
+        left = n_max - sum(len(p["codes"]) for p in parts)
+        if left <= 0:
             break
         name = f"capture-{Path(folder).resolve().name}-{net.metadata['sha256'][:12]}.npz"
         path = out / name
         if not path.exists():
-            data = BlendDataset(sorted(str(p) for p in Path(folder).glob("shard-*.h5")))
-            arrays = capture(data, net, n_max, progress)
+            arrays = capture(BlendDataset(folder), net, left, progress)
             tmp = path.with_suffix(".tmp.npz")
             np.savez(tmp, **arrays)
             tmp.replace(path)
@@ -170,13 +169,20 @@ def _tensors(arrays: dict[str, np.ndarray], index: np.ndarray, stamp_size: int) 
     return out
 
 
-def refiner_loss(net: VaeDeblender, refiner: Refiner, batch: dict[str, torch.Tensor], steps: int,
-                 flux_weight: float, flux_huber: float, relative: bool = False) -> torch.Tensor:
-    """The refiner's training loss on a batch: ``steps`` steps unrolled, each step's models scored against
-    the truth (normalised likelihood plus the flux term), averaged over the steps; with ``steps`` 0, the
-    loss of the encoder's models; with ``relative``, each galaxy's loss over its encoder models' loss."""
+def _unrolled(net: VaeDeblender, refiner: Refiner, batch: dict[str, torch.Tensor], steps: int):
+    """The models after each of ``steps`` refinement steps from the encoder's (the stamps held fixed)."""
     z, models = batch["codes"], batch["models"]
     amplitude = torch.zeros(models.shape[:2])
+    for _ in range(steps):
+        z, amplitude, models = net.refine_step(refiner, batch["stamps"], batch["maps"], z, amplitude, models,
+                                               batch["variance"], batch["factors"], batch.get("psf"))
+        yield models
+
+
+def _loss_and_models(net: VaeDeblender, refiner: Refiner, batch: dict[str, torch.Tensor], steps: int,
+                     flux_weight: float, flux_huber: float, relative: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`refiner_loss` and the models of the last step (the encoder's with ``steps`` 0)."""
 
     def score(models: torch.Tensor) -> torch.Tensor:
         """Each galaxy's loss: `model.training`'s normalised likelihood and flux term, per stamp."""
@@ -186,35 +192,33 @@ def refiner_loss(net: VaeDeblender, refiner: Refiner, batch: dict[str, torch.Ten
                                                         per_stamp=True)
         return loss
 
+    models = batch["models"]
     start = score(models).detach() if relative else None
 
     def scaled(loss: torch.Tensor) -> torch.Tensor:
         return (loss / start.clamp_min(1e-6)).mean() if relative else loss.mean()
 
     if steps == 0:
-        return scaled(score(models))
+        return scaled(score(models)), models
     total = 0.0
-    for _ in range(steps):
-        z, amplitude, models = net.refine_step(refiner, batch["stamps"], batch["maps"], z, amplitude, models,
-                                               batch["variance"], batch["factors"], batch.get("psf"))
+    for models in _unrolled(net, refiner, batch, steps):
         total = total + scaled(score(models))
-    return total / steps
+    return total / steps, models
 
 
-def _refined_models(net: VaeDeblender, refiner: Refiner, batch: dict[str, torch.Tensor], steps: int
-                    ) -> torch.Tensor:
-    z, models = batch["codes"], batch["models"]
-    amplitude = torch.zeros(models.shape[:2])
-    for _ in range(steps):
-        z, amplitude, models = net.refine_step(refiner, batch["stamps"], batch["maps"], z, amplitude, models,
-                                               batch["variance"], batch["factors"], batch.get("psf"))
-    return models
+def refiner_loss(net: VaeDeblender, refiner: Refiner, batch: dict[str, torch.Tensor], steps: int,
+                 flux_weight: float, flux_huber: float, relative: bool = False) -> torch.Tensor:
+    """The refiner's training loss on a batch: ``steps`` steps unrolled, each step's models scored against
+    the truth (normalised likelihood plus the flux term), averaged over the steps; with ``steps`` 0, the
+    loss of the encoder's models; with ``relative``, each galaxy's loss over its encoder models' loss."""
+    return _loss_and_models(net, refiner, batch, steps, flux_weight, flux_huber, relative)[0]
 
 
-def _evaluate(net: VaeDeblender, refiner: Refiner, arrays: dict[str, np.ndarray], steps: int,
-              config: RefinerTrainConfig) -> dict[str, float]:
-    """Validation: the mean loss of the refined models and of the encoder's, and the median df/f and
-    abs(df/f) of both models' stamp fluxes in the reference band (r where there is one)."""
+def _evaluate(net: VaeDeblender, refiner: Refiner, arrays: dict[str, np.ndarray], config: RefinerTrainConfig
+              ) -> dict[str, float]:
+    """Validation: the mean loss of the refined models (``config.steps`` steps) and of the encoder's, and
+    the median df/f and abs(df/f) of both models' stamp fluxes in the reference band (r where there is
+    one)."""
     count = len(arrays["codes"])
     band = net.bands.index("r") if "r" in net.bands else len(net.bands) // 2
     losses = {"refined": 0.0, "encoder": 0.0}
@@ -224,11 +228,10 @@ def _evaluate(net: VaeDeblender, refiner: Refiner, arrays: dict[str, np.ndarray]
             index = np.arange(lo, min(count, lo + 256))
             batch = _tensors(arrays, index, net.stamp_size)
             truth = batch["truth"][:, band].sum(dim=(1, 2))
-            for name, n_steps in (("refined", steps), ("encoder", 0)):
-                loss = refiner_loss(net, refiner, batch, n_steps, config.flux_weight, config.flux_huber,
-                                    config.relative)
+            for name, n_steps in (("refined", config.steps), ("encoder", 0)):
+                loss, models = _loss_and_models(net, refiner, batch, n_steps, config.flux_weight,
+                                                config.flux_huber, config.relative)
                 losses[name] += loss.item() * len(index)
-                models = _refined_models(net, refiner, batch, n_steps)
                 errors[name].append(((models[:, band].sum(dim=(1, 2)) - truth) / truth).numpy())
     out = {}
     for name in losses:
@@ -263,7 +266,7 @@ def train_refiner(config: RefinerTrainConfig, resume: bool = False, command: str
     state = {"epoch": 0, "history": [], "best_val": float("inf"), "best_epoch": 0, "bad_epochs": 0,
              "seconds": 0.0, "best_state": None}
     if resume and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=True)  # tensors, numbers and lists: no pickle
         refiner.load_state_dict(saved["refiner"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
@@ -288,7 +291,7 @@ def train_refiner(config: RefinerTrainConfig, resume: bool = False, command: str
             optimizer.step()
             losses.append(loss.item())
         refiner.eval()
-        scores = _evaluate(net, refiner, val_arrays, config.steps, config)
+        scores = _evaluate(net, refiner, val_arrays, config)
         val = scores["val_loss_refined"]
         state["epoch"] += 1
         state["seconds"] += time.perf_counter() - start
@@ -302,7 +305,8 @@ def train_refiner(config: RefinerTrainConfig, resume: bool = False, command: str
             state["bad_epochs"] += 1
         _atomic_torch_save({"refiner": refiner.state_dict(), "optimizer": optimizer.state_dict(),
                             "state": state}, checkpoint)
-        _plot_curves(state["history"], out / "loss_curves.png", "refiner")
+        _plot_curves(state["history"], out / "loss_curves.png", "refiner",
+                     ylabel="loss per galaxy (likelihood + flux)")
         _atomic_write_text(json.dumps(state["history"], indent=1) + "\n", out / "history.json")
         print(f"epoch {state['epoch']}: train {np.mean(losses):.2f}, validation {val:.2f} (encoder "
               f"{scores['val_loss_encoder']:.2f}); models' median df/f "

@@ -451,7 +451,8 @@ def _write_history(state: dict, out: Path, config: TrainConfig) -> None:
     _atomic_write_text(json.dumps(state["history"], indent=1) + "\n", out / "history.json")
 
 
-def _plot_curves(history: list[dict], path: Path, title: str) -> None:
+def _plot_curves(history: list[dict], path: Path, title: str, ylabel: str = "loss per stamp (recon + KL)"
+                 ) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -462,7 +463,7 @@ def _plot_curves(history: list[dict], path: Path, title: str) -> None:
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
     ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss per stamp (recon + KL)")
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend()

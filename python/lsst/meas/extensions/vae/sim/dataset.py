@@ -240,6 +240,11 @@ class BlendDataset:
     def config(self) -> BlendConfig:
         return read_shard_config(self.paths[0])
 
+    @property
+    def shard_ranges(self) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each shard's blends, in order (what one `read` call may span)."""
+        return [(int(a), int(b)) for a, b in zip(self._starts[:-1], self._starts[1:])]
+
     def _psf(self, f: h5py.File, start: int, stop: int) -> np.ndarray:
         if "psf" in f:
             return f["psf"][start:stop]
