@@ -128,7 +128,8 @@ def test_relative_loss_scores_each_galaxy_against_its_encoder_models(tiny_traini
 
 def test_shipped_refiner_brings_real_models_closer_to_the_truth(shipped_deblender):
     """The shipped refiner with the shipped weights on 20 real GalSim anchor blends of the test split
-    (never trained on): every galaxy's model r flux against its truth."""
+    (galaxies it never trained on; the anchor preset is one of its training skies): every galaxy's model r
+    flux against its truth."""
     from lsst.meas.extensions.vae.sim.blend import BlendConfig, BlendMaker
 
     net = shipped_deblender
