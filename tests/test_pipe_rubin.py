@@ -376,7 +376,7 @@ def test_override_files_set_known_fields():
     assert refine.deblendConfig().refine_steps == 2
     both = VaeDeblendConfig()
     both.fitSteps, both.refineSteps = 60, 2
-    with pytest.raises(Exception, match="one or the other"):
+    with pytest.raises(Exception, match="alternatives"):
         both.validate()
 
 

@@ -66,6 +66,12 @@ def deblended(network, coadds, detections):
     return _deblend(network, coadds, detections)[1]
 
 
+@pytest.fixture(scope="module")
+def encoder_only(network, coadds, detections):
+    """The encoder's models alone (no learned refinement, the default before)."""
+    return _deblend(network, coadds, detections, refineSteps=0)[1]
+
+
 def _deblend(model, coadds, detections, **config):
     task = VaeDeblendTask(model=model, config=VaeDeblendTask.ConfigClass())
     for key, value in config.items():
@@ -202,8 +208,8 @@ def _model_flux_gaps(parents, results) -> list[float]:
     return gaps
 
 
-def test_deblend_latent_fit(network, coadds, detections, deblended):
-    task, fitted = _deblend(network, coadds, detections, fitSteps=30)
+def test_deblend_latent_fit(network, coadds, detections, encoder_only):
+    task, fitted = _deblend(network, coadds, detections, fitSteps=30, refineSteps=0)
     assert fitted.vaeModelData.metadata["fitSteps"] == 30
     np.testing.assert_allclose(task._noise_variance(coadds, BANDS, np.zeros(SHAPE, bool)),
                                [np.median(c.variance) for c in coadds], rtol=1e-6)
@@ -211,24 +217,29 @@ def test_deblend_latent_fit(network, coadds, detections, deblended):
     assert _accounted(parents).all() and not parents["deblend_failed"].any()
     _check_conservation(parents, objects)
     # Fitted to the pixels, the blend's models add up to its observed flux more closely.
-    gaps = _model_flux_gaps(parents, (deblended, fitted))
+    gaps = _model_flux_gaps(parents, (encoder_only, fitted))
     assert gaps[1] < gaps[0], gaps
 
 
-def test_deblend_learned_refinement(network, coadds, detections, deblended):
-    task, refined = _deblend(network, coadds, detections, refineSteps=2)
+def test_deblend_learned_refinement_is_the_default(network, coadds, detections, deblended, encoder_only):
+    assert VaeDeblendTask.ConfigClass().refineSteps == 2
+    refined = deblended
     assert refined.vaeModelData.metadata["refineSteps"] == 2
+    assert encoder_only.vaeModelData.metadata["refineSteps"] == 0
     parents, objects = refined.objectParents, refined.deblendedCatalog
     assert _accounted(parents).all() and not parents["deblend_failed"].any()
-    assert len(objects) == len(deblended.deblendedCatalog)
+    assert len(objects) == len(encoder_only.deblendedCatalog)
     _check_conservation(parents, objects)
-    gaps = _model_flux_gaps(parents, (deblended, refined))
+    gaps = _model_flux_gaps(parents, (encoder_only, refined))
     # The refined models of the two-galaxy blend add up to its observed flux more closely (measured: the
     # encoder's 15.8 % short, refined 6.9 %).
     assert gaps[1] < 0.6 * gaps[0], gaps
+    task = VaeDeblendTask(model=network)
     task.config.fitSteps = 30
-    with pytest.raises(ValueError, match="replaces the latent fit"):
+    with pytest.raises(ValueError, match="alternatives"):
         task.config.validate()
+    task.config.refineSteps = 0
+    task.config.validate()
 
 
 def test_deblend_limits(network, coadds, detections):
@@ -341,7 +352,8 @@ def test_measurement(coadds, truth, deblended):
         stored = [deblended.vaeModelData.children()[i][1].model[BANDS.index(band)].sum(dtype=np.float64)
                   for i in objects["id"]]
         np.testing.assert_allclose(meas[f"{band}_modelFlux"], stored, rtol=1e-5)
-        np.testing.assert_allclose(meas[f"{band}_modelFlux"], objects[f"deblend_modelFlux_{band}"], rtol=0.05)
+        # (measured with the refined models: up to 6.4 % of a model's light outside its parent's box)
+        np.testing.assert_allclose(meas[f"{band}_modelFlux"], objects[f"deblend_modelFlux_{band}"], rtol=0.1)
         assert np.all(meas[f"{band}_fluxErr"] > 0)
     np.testing.assert_allclose(meas["r_mag"], coadds[2].zeropoint - 2.5 * np.log10(meas["r_flux"]))
     # HSM on the re-distributed pixels and on the models: centroids near the truth positions (patch

@@ -56,10 +56,12 @@ def test_robust_crowded_parent_is_not_skipped(tiny_deblender):
                    "x": np.rint(positions[:, 0]).astype(np.int64),
                    "y": np.rint(positions[:, 1]).astype(np.int64)})
     skipping = VaeDeblendTask(model=tiny_deblender)
+    skipping.config.refineSteps = 0  # the tiny weights have no refiner
     skipping.config.maxNumberOfPeaks = 40  # scarlet-like limits skip it
     skipped = skipping.run(coadds, detections, peaks, footprints)
     assert skipped.objectParents["deblend_skipped_tooManyPeaks"][0] and len(skipped.deblendedCatalog) == 0
     task = VaeDeblendTask(model=tiny_deblender)
+    task.config.refineSteps = 0
     task.config.maxNumberOfPeaks = 0
     task.config.maxFootprintArea = 0
     result = task.run(coadds, detections, peaks, footprints)

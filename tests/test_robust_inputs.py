@@ -72,8 +72,10 @@ def scene():
     return coadds, DetectCoaddPeaksTask().run(coadds, tract=0, patch=0)
 
 
-def _deblend(network, coadds, detections, peaks=None):
+def _deblend(network, coadds, detections, peaks=None, **config):
     task = VaeDeblendTask(model=network)
+    for key, value in config.items():
+        setattr(task.config, key, value)
     return task.run(coadds, detections.mergedDetections, detections.peaks if peaks is None else peaks,
                     detections.footprints)
 
@@ -122,7 +124,10 @@ def test_robust_weights_for_other_stamps_and_corrupt_weights(tiny_training, scen
     coadds, detections = scene
     # Weights for 33-pixel stamps: the task follows the weights' stamp size.
     tiny = VaeDeblender(str(tiny_training["bundle"]), device="cpu")
-    result = _deblend(tiny, coadds, detections)
+    # The refinement (the default) needs the weights' refiner, which the tiny weights lack: one clear error.
+    with pytest.raises(FileNotFoundError, match="refineSteps=0"):
+        _deblend(tiny, coadds, detections)
+    result = _deblend(tiny, coadds, detections, refineSteps=0)
     assert result.vaeModelData.metadata["stamp_size"] == 33
     assert len(result.objectParents) == len(detections.mergedDetections)
     data = (tiny_training["bundle"]).read_bytes()

@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--peaks", default="true", choices=("true", "detected"),
                        help="true centres, or the pipeline's detected peaks matched to the truth")
     bench.add_argument("--shear", action="store_true", help="measure the shear response (m, c) too")
+    bench.add_argument("--split", default="test", choices=("test", "validation"),
+                       help="the galaxies' split: test for figures, validation for choosing settings")
+    bench.add_argument("--iterations", type=int, default=2, help="passes of the VAE deblenders")
+    bench.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                       help="arithmetic of the VAE deblenders' networks")
     bench.add_argument("--shear-g", type=float, default=0.02, help="applied shear on each component")
     bench.add_argument("--weights", default="lsst", help="shipped weights name or .safetensors path")
     bench.add_argument("--fit-steps", type=int, default=60, help="latent-fit steps of vae-fit")
@@ -448,7 +453,8 @@ def bench_deblenders(args: argparse.Namespace) -> dict:
                          preset=args.preset, catalog=args.catalog, psf_fwhm=args.psf_fwhm,
                          peaks=args.peaks, shear=args.shear,
                          shear_g=args.shear_g, weights=args.weights, fit_steps=args.fit_steps,
-                         refine_steps=args.refine_steps, refiner=args.refiner, threads=args.threads)
+                         refine_steps=args.refine_steps, refiner=args.refiner, threads=args.threads,
+                         split=args.split, iterations=args.iterations, precision=args.precision)
     result = run_bench(config, args.out, progress=not args.no_progress)
     print((args.out / "bench.md").read_text(), end="")
     print(f"wrote {args.out / 'bench.json'}, {args.out / 'bench.md'}, {args.out / 'bench.png'}")

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 __all__ = ["DeblendConfig", "Child", "Parent", "deblend_field", "cut_stamp", "paste_stamp", "add_at",
            "conserve_flux", "conserve_flux_shares", "parent_boxes", "bin_image", "unbin_image", "bin_psf",
-           "edge_fraction", "binned_reach"]
+           "edge_fraction", "binned_reach", "REFINE_STEPS_DEFAULT"]
 
 import dataclasses
 from collections.abc import Callable
@@ -53,6 +53,12 @@ from .fit import estimate_variance, fit_latents
 
 # A stamp model: (stamps (n, bands, s, s), neighbour positions (n, k, 2), n_samples) -> (models, flux_std)
 StampModel = Callable[..., tuple[np.ndarray, np.ndarray | None]]
+
+
+# The tasks' default number of learned-refinement steps (`DeblendConfig.refine_steps`): chosen on the
+# validation split against 1 and 3 steps (docs/benchmarks.md, "The refinement as the default"). The core's
+# own default stays 0: it runs with any model, and a refiner belongs to one set of weights.
+REFINE_STEPS_DEFAULT = 2
 
 
 @dataclasses.dataclass(frozen=True)

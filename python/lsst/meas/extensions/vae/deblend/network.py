@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["VaeDeblender", "load_deblender"]
+__all__ = ["PRECISIONS", "VaeDeblender", "load_deblender"]
 
+import contextlib
 import functools
 import json
 import logging
@@ -29,6 +30,9 @@ BATCH_MULTIPLE = 4
 # An input's PSF width or depth this far (relative) outside the training range is reported.
 _RANGE_TOLERANCE = 0.1
 _log = logging.getLogger("lsst.meas.extensions.vae")
+# Arithmetic of the network passes: float32, or bfloat16 (autocast: the convolutions and matrix products in
+# bfloat16, the normalisation, the PSF convolution and the outputs in float32).
+PRECISIONS = ("float32", "bfloat16")
 
 
 def psf_fwhm_pixels(psf: np.ndarray) -> np.ndarray:
@@ -59,10 +63,18 @@ class VaeDeblender:
     refiner : `str` or `Refiner`, optional
         The learned refinement (`refine`): a ``.refiner.safetensors`` path or a network; by default the
         weights' own refiner file beside them (`model.weights.refiner_path`), loaded when first used.
+    precision : `str`
+        ``float32`` or ``bfloat16`` (`PRECISIONS`): the networks' convolutions and matrix products in
+        bfloat16, where the CPU (AVX512-BF16, AMX) or GPU computes it in hardware faster; the models
+        then differ from float32's by about 0.2 % in flux (docs/benchmarks.md).
     """
 
     def __init__(self, weights: str = "lsst", bands=None, device=None, batch_size: int = 256,
-                 deterministic: bool = True, refiner: str | Refiner | None = None) -> None:
+                 deterministic: bool = True, refiner: str | Refiner | None = None,
+                 precision: str = "float32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {precision!r}; choose from {PRECISIONS}.")
+        self.precision = precision
         self.device = torch.device(device) if device is not None else default_device()
         self._weights = weights
         self._refiner = refiner
@@ -230,9 +242,17 @@ class VaeDeblender:
             psf_batch = self._psf_tensor(psf, lo, hi)
             x, factors = self._network_input(stamps[lo:hi], psf_batch,
                                              None if variance is None else variance[lo:hi], self.vae)
-            mean, _ = self.vae.encoder(x)
-            models[lo:hi] = self.decode(mean[: hi - lo], psf_batch, factors).cpu().numpy()
+            with self._autocast():
+                mean, _ = self.vae.encoder(x)
+            models[lo:hi] = self.decode(mean[: hi - lo].float(), psf_batch, factors).cpu().numpy()
         return models
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The networks' arithmetic (`precision`) for the calls inside it; their outputs are cast back to
+        float32 by the callers."""
+        if self.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     @property
     def refiner(self) -> Refiner:
@@ -241,7 +261,8 @@ class VaeDeblender:
             path = self._refiner or refiner_path(self._weights)
             if not shipped_weights_path(str(path)).exists():
                 raise FileNotFoundError(f"No refiner for the weights {self._weights!r} ({path}): train one "
-                                        "with `vae-deblend train refiner` (docs/model.md).")
+                                        "with `vae-deblend train refiner` (docs/model.md), or deblend "
+                                        "without the refinement (the tasks' refineSteps=0).")
             self._refiner, _ = load_refiner(path, self.metadata, device=self.device)
             self._refiner = self._refiner.to(memory_format=torch.channels_last)
         return self._refiner
@@ -263,7 +284,9 @@ class VaeDeblender:
                                         self.stamp_size)
         x = refiner_inputs(stamps, models, variance, factors, self.norm, neighbours, conditions,
                            elementwise=lambda function, t: self._in_chunks(function, t))
-        step, amplitude_step = refiner(x.contiguous(memory_format=torch.channels_last), codes)
+        with self._autocast():
+            step, amplitude_step = refiner(x.contiguous(memory_format=torch.channels_last), codes)
+        step, amplitude_step = step.float(), amplitude_step.float()
         scale = 1.0 if self.latent_scale is None else torch.as_tensor(self.latent_scale, device=codes.device)
         codes = codes + scale * step
         log_amplitude = (log_amplitude + amplitude_step).clamp(-AMPLITUDE_LIMIT, AMPLITUDE_LIMIT)
@@ -309,7 +332,7 @@ class VaeDeblender:
         out_models = np.zeros(stamps.shape, dtype=np.float32)
 
         def tensor(a: np.ndarray, lo: int, hi: int) -> torch.Tensor:
-            return self._padded(torch.from_numpy(np.ascontiguousarray(a[lo:hi], dtype=np.float32))
+            return self._padded(torch.from_numpy(np.array(a[lo:hi], dtype=np.float32))  # a writable copy
                                 ).to(self.device)
 
         for lo in range(0, n, self.batch_size):
@@ -367,8 +390,9 @@ class VaeDeblender:
         (electrons)."""
         x, factors = self._network_input(stamps, psf, variance, self.deblender)
         maps = self._padded(torch.from_numpy(neighbour_maps(neighbours, self.stamp_size))).to(self.device)
-        mean, log_std = self.deblender.encoder(torch.cat([x, maps], dim=1))
-        return mean[: len(stamps)], log_std[: len(stamps)], factors
+        with self._autocast():
+            mean, log_std = self.deblender.encoder(torch.cat([x, maps], dim=1))
+        return mean[: len(stamps)].float(), log_std[: len(stamps)].float(), factors
 
     def _padded_psf(self, psf: torch.Tensor) -> torch.Tensor:
         """PSF images padded like the stamps (the padding rows get a copy of the first PSF: any valid PSF)."""
@@ -380,12 +404,14 @@ class VaeDeblender:
         """Models in electrons from latent codes (on this deblender's device), differentiable in ``z``;
         PSF-aware weights need each code's PSF images (len(z), bands, p, p); ``factors`` (len(z),) are
         the stamps' amplitude factors (`encode`), ones when not given."""
-        if self.conditioned:
-            if psf is None:
-                raise ValueError("These weights are PSF-aware: decode needs each code's PSF images.")
-            raw = self.deblender.decoder(self._padded(z), self._padded_psf(psf))
-        else:
-            raw = self.deblender.decoder(self._padded(z))
+        if self.conditioned and psf is None:
+            raise ValueError("These weights are PSF-aware: decode needs each code's PSF images.")
+        with self._autocast():
+            if self.conditioned:
+                raw = self.deblender.decoder(self._padded(z), self._padded_psf(psf))
+            else:
+                raw = self.deblender.decoder(self._padded(z))
+        raw = raw.float()
         models = self._in_chunks(lambda r: self.norm.inverse(network_output(r, self.likelihood)), raw)
         models = models[: len(z)]
         if factors is not None:  # ones for weights without an amplitude reference: exact
@@ -407,7 +433,7 @@ def _training_range(metadata: dict[str, str]
 
 
 def load_deblender(weights: str = "lsst", device: str | None = None, batch_size: int = 256,
-                   deterministic: bool = True) -> VaeDeblender:
+                   deterministic: bool = True, precision: str = "float32") -> VaeDeblender:
     """A `VaeDeblender`, loaded once per weights file (as it is on disk now) and options, then reused:
     loading the weights costs more than deblending a blend.
 
@@ -421,15 +447,18 @@ def load_deblender(weights: str = "lsst", device: str | None = None, batch_size:
         Stamps per network call.
     deterministic : `bool`
         See `VaeDeblender`.
+    precision : `str`
+        See `VaeDeblender`.
     """
     path = shipped_weights_path(str(weights))
     stat = path.stat()
     return _cached_deblender(str(path.resolve()), stat.st_mtime_ns, stat.st_size, device, batch_size,
-                             deterministic)
+                             deterministic, precision)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_deblender(path: str, mtime_ns: int, size: int, device: str | None, batch_size: int,
-                      deterministic: bool) -> VaeDeblender:
+                      deterministic: bool, precision: str) -> VaeDeblender:
     # The file's time and size are in the key, so a rewritten file is loaded again.
-    return VaeDeblender(path, device=device, batch_size=batch_size, deterministic=deterministic)
+    return VaeDeblender(path, device=device, batch_size=batch_size, deterministic=deterministic,
+                        precision=precision)

@@ -119,6 +119,13 @@ class BenchConfig:
     isolated_bound : `bool`
         Also score the VAE on every galaxy alone (`central.isolated_reconstructions`, row
         ``vae:isolated``): the bound of any deblender built on its decoder.
+    split : `str`
+        The galaxies' split: ``test`` for figures to report, ``validation`` for choosing settings (so that
+        no choice is made on the blends the figures come from).
+    iterations : `int`
+        Passes of the VAE deblenders over the peaks (`DeblendConfig.iterations`).
+    precision : `str`
+        Arithmetic of the VAE deblenders' networks (`deblend.network.PRECISIONS`).
     """
 
     n: int = 1000
@@ -138,6 +145,9 @@ class BenchConfig:
     warmup: int = 3
     bootstrap: int = 1000
     isolated_bound: bool = False
+    split: str = "test"
+    iterations: int = 2
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         unknown = set(self.deblenders) - set(DEBLENDERS)
@@ -147,6 +157,8 @@ class BenchConfig:
             raise ValueError(f"peaks must be 'true' or 'detected', got {self.peaks!r}.")
         if self.n < 1:
             raise ValueError("n must be at least 1.")
+        if self.split not in ("test", "validation"):
+            raise ValueError(f"split must be 'test' or 'validation', got {self.split!r}.")
 
 
 @dataclasses.dataclass
@@ -203,13 +215,16 @@ def _on_grid(stamps: list[np.ndarray], origins: list[tuple[int, int]], shape: tu
     return out
 
 
-def vae_deblender(weights: str, fit_steps: int = 0, refine_steps: int = 0, refiner: str | None = None
-                  ) -> Deblender:
+def vae_deblender(weights: str, fit_steps: int = 0, refine_steps: int = 0, refiner: str | None = None,
+                  iterations: int = 2, precision: str = "float32") -> Deblender:
     """The VAE through the whole-field core, the blend as one parent on its detection footprint."""
     from ..deblend.network import VaeDeblender, load_deblender
 
-    net = load_deblender(weights) if not refine_steps else VaeDeblender(weights, refiner=refiner)
-    config = DeblendConfig(fit_steps=fit_steps, refine_steps=refine_steps)
+    if refine_steps:
+        net = VaeDeblender(weights, refiner=refiner, precision=precision)
+    else:
+        net = load_deblender(weights, precision=precision)
+    config = DeblendConfig(iterations=iterations, fit_steps=fit_steps, refine_steps=refine_steps)
 
     def run(scene: Scene) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         children, parents = deblend_field(scene.image, scene.peaks, net, net.stamp_size,
@@ -284,13 +299,14 @@ ISOLATED_ROW = "vae:isolated"
 def _make_deblenders(config: BenchConfig) -> dict[str, Deblender]:
     out: dict[str, Deblender] = {}
     for name in config.deblenders:
+        options = {"iterations": config.iterations, "precision": config.precision}
         if name == "vae":
-            out[name] = vae_deblender(config.weights)
+            out[name] = vae_deblender(config.weights, **options)
         elif name == "vae-fit":
-            out[name] = vae_deblender(config.weights, fit_steps=config.fit_steps)
+            out[name] = vae_deblender(config.weights, fit_steps=config.fit_steps, **options)
         elif name == "vae-refine":
             out[name] = vae_deblender(config.weights, refine_steps=config.refine_steps,
-                                      refiner=config.refiner)
+                                      refiner=config.refiner, **options)
         elif name == "scarlet":
             out[name] = scarlet_deblender()
         elif name == "sep":
@@ -381,7 +397,7 @@ def _maker(config: BenchConfig, bands: tuple[str, ...] | None, stamp_size: int) 
     if config.catalog:
         from ..sim.catalog_io import read_catalog, select_split
 
-        source = CatalogGalaxies(select_split(read_catalog(config.catalog), "test"))
+        source = CatalogGalaxies(select_split(read_catalog(config.catalog), config.split))
     overrides = {} if config.psf_fwhm is None else {"psf_fwhm": config.psf_fwhm}
     maker = BlendMaker(BlendConfig.preset(config.preset, stamp_size=stamp_size, **overrides), source)
     if bands is not None and tuple(maker.survey.band_names) != tuple(bands):
@@ -446,9 +462,10 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True,
     psfs = np.stack([band.psf_image(PSF_SIZE) for band in maker.survey.bands])
     r = maker.survey.band_names.index("r")
 
-    # Warm-up blends of another stream (the validation split), neither timed nor scored.
+    # Warm-up blends of another stream (the other split), neither timed nor scored.
+    warmup_split = "validation" if config.split == "test" else "test"
     for i in range(config.warmup):
-        blend = maker.make(config.seed, i, split="validation")
+        blend = maker.make(config.seed, i, split=warmup_split)
         scene, _ = _scene(blend, maker, _blend_psfs(blend, psfs), config.peaks)
         for run in deblenders.values():
             run(scene)
@@ -463,7 +480,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True,
     counts = {"truth": 0, "detected": 0, "matched": 0, "missed": 0, "spurious": 0}
     shear_data = _ShearData(config.shear_g) if config.shear else None
     for i in tqdm(range(config.n), desc="bench", unit="blend", disable=not progress):
-        blend = maker.make(config.seed, i, split="test")
+        blend = maker.make(config.seed, i, split=config.split)
         blend_psfs = _blend_psfs(blend, psfs)
         detection = _detect(blend, blend_psfs)
         scene, matched = _scene(blend, maker, blend_psfs, config.peaks, detection)
@@ -629,7 +646,7 @@ class _ShearData:
         noisy = np.full((n, 4, 2), np.nan)
         out = {}
         for s, (a, b) in enumerate(_SHEARS):
-            sheared = maker.make(config.seed, index, split="test", shear=(a * self.g, b * self.g))
+            sheared = maker.make(config.seed, index, split=config.split, shear=(a * self.g, b * self.g))
             # The unsheared blend's footprint and peaks: the shear alone changes between the four.
             view = dataclasses.replace(scene, image=sheared.image, peaks=truth_xy)
             for k in range(n):
@@ -697,7 +714,6 @@ def shear_response(shapes: np.ndarray, isolated: np.ndarray, g: float, blend: np
         """(m, m1, m2, c1, c2) over galaxy indices ``rows`` (repeated indices count again).  c is what is
         left of the mean shape once the isolated shapes scaled by (1 + m) are taken out, in shear units."""
         s1, s2, i1, i2 = r1[rows].sum(), r2[rows].sum(), r1_iso[rows].sum(), r2_iso[rows].sum()
-        n = len(rows)
         m1, m2 = s1 / i1 - 1, s2 / i2 - 1
         c1 = (e1[rows].sum() - (1 + m1) * e1_iso[rows].sum()) / i1
         c2 = (e2[rows].sum() - (1 + m2) * e2_iso[rows].sum()) / i2

@@ -16,13 +16,14 @@
 
 from __future__ import annotations
 
-__all__ = ["Detections", "fft_convolve", "detection_snr", "grow_mask", "label_regions", "local_maxima",
-           "prominent_peaks", "footprint_boxes", "psf_sigma", "detect"]
+__all__ = ["Detections", "fft_convolve", "detection_snr", "band_snr_at", "grow_mask", "label_regions",
+           "local_maxima", "prominent_peaks", "footprint_boxes", "psf_sigma", "detect"]
 
 import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.fft
 import sep
 
 from .shape import hsm_shape
@@ -66,16 +67,24 @@ class Detections:
         return len(self.bbox)
 
 
-def fft_convolve(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+def _fft_shape(image_shape: tuple[int, int], kernel_shape: tuple[int, int]) -> tuple[int, int]:
+    """The padded FFT grid of a linear convolution: at least image + kernel - 1 on each axis, rounded up to
+    a length whose factors are small (a 4040-pixel axis, 2^3 5 101, takes several times longer)."""
+    return tuple(scipy.fft.next_fast_len(n + k - 1, real=True) for n, k in zip(image_shape, kernel_shape))
+
+
+def fft_convolve(image: np.ndarray, kernel: np.ndarray, workers: int = 1) -> np.ndarray:
     """Convolve a 2-d image with an odd-sided kernel centred on its central pixel (zero padding).
 
-    Returns an array of the image's shape.
+    Returns an array of the image's shape (float64); ``workers`` threads compute the FFTs.
     """
     image = np.asarray(image, dtype=np.float64)
     kernel = np.asarray(kernel, dtype=np.float64)
     kh, kw = kernel.shape
-    shape = (image.shape[0] + kh - 1, image.shape[1] + kw - 1)
-    out = np.fft.irfft2(np.fft.rfft2(image, shape) * np.fft.rfft2(kernel, shape), shape)
+    shape = _fft_shape(image.shape, kernel.shape)
+    spectrum = (scipy.fft.rfft2(image, shape, workers=workers)
+                * scipy.fft.rfft2(kernel, shape, workers=workers))
+    out = scipy.fft.irfft2(spectrum, shape, workers=workers)
     return out[kh // 2: kh // 2 + image.shape[0], kw // 2: kw // 2 + image.shape[1]]
 
 
@@ -88,9 +97,12 @@ def _weights(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | None) ->
 
 
 def detection_snr(images: Sequence[np.ndarray], variances: Sequence[np.ndarray],
-                  psfs: list[np.ndarray] | np.ndarray,
-                  bad: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Matched-filter signal-to-noise images, combined over bands and per band.
+                  psfs: list[np.ndarray] | np.ndarray, bad: np.ndarray | None = None,
+                  workers: int = 1) -> np.ndarray:
+    """The matched-filter signal-to-noise image, combined over bands.
+
+    The bands' filtered images and weights are summed as spectra, so that a patch costs two FFTs per band
+    and two inverse FFTs in all.
 
     Parameters
     ----------
@@ -101,33 +113,88 @@ def detection_snr(images: Sequence[np.ndarray], variances: Sequence[np.ndarray],
         PSF of each band (odd side, unit sum).
     bad : `numpy.ndarray` (h, w) of `bool`, optional
         Pixels to give no weight.
+    workers : `int`
+        Threads of the FFTs.
 
     Returns
     -------
     snr : `numpy.ndarray` (h, w)
         Combined detection image (0 where no band has weight).
-    band_snr : `numpy.ndarray` (bands, h, w)
     """
-    shape = np.shape(images[0])
-    signal = np.zeros(shape)
-    noise = np.zeros(shape)
-    band_snr = np.zeros((len(images),) + shape, dtype=np.float32)
+    image_shape = np.shape(images[0])
+    kernel_shape = tuple(np.max([np.shape(k) for k in psfs], axis=0))
+    shape = _fft_shape(image_shape, kernel_shape)
+    signal = noise = None
+    for b in range(len(images)):
+        weight = _weights(images[b], variances[b], bad)
+        kernel = _unit_kernel(psfs[b], kernel_shape)
+        # In float64 (scipy's FFTs of float32 arrays are single precision).
+        weighted = np.where(weight > 0, images[b], 0.0).astype(np.float64) * weight
+        kernel_spectrum = scipy.fft.rfft2(kernel, shape, workers=workers)
+        band_signal = scipy.fft.rfft2(weighted, shape, workers=workers) * kernel_spectrum
+        del weighted
+        kernel_spectrum = scipy.fft.rfft2(kernel**2, shape, workers=workers)
+        band_noise = scipy.fft.rfft2(weight.astype(np.float64), shape, workers=workers) * kernel_spectrum
+        signal = band_signal if signal is None else signal + band_signal
+        noise = band_noise if noise is None else noise + band_noise
+    crop = (slice(kernel_shape[0] // 2, kernel_shape[0] // 2 + image_shape[0]),
+            slice(kernel_shape[1] // 2, kernel_shape[1] // 2 + image_shape[1]))
+    signal = scipy.fft.irfft2(signal, shape, workers=workers)[crop]
+    noise = scipy.fft.irfft2(noise, shape, workers=workers)[crop]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(noise > 1e-12 * noise.max(initial=0.0), signal / np.sqrt(np.abs(noise)), 0.0)
+
+
+def _unit_kernel(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A PSF image normalised to unit sum and zero-padded, centred, to the odd ``shape``."""
+    kernel = np.asarray(psf, dtype=np.float64)
+    kernel = kernel / kernel.sum()
+    pad_y, pad_x = (shape[0] - kernel.shape[0]) // 2, (shape[1] - kernel.shape[1]) // 2
+    return np.pad(kernel, ((pad_y, pad_y), (pad_x, pad_x)))
+
+
+def band_snr_at(images: Sequence[np.ndarray], variances: Sequence[np.ndarray],
+                psfs: list[np.ndarray] | np.ndarray, points: np.ndarray, bad: np.ndarray | None = None,
+                chunk: int = 4096) -> np.ndarray:
+    """Each band's own matched-filter signal-to-noise at some pixels.
+
+    ``(I_b * k_b) / sqrt(V_b * k_b**2)`` at each point (``*``: convolution, zero outside the image and
+    where a pixel has no weight), computed on the kernel-sized cut-outs around the points: the peaks of a
+    patch, not the whole image.
+
+    Parameters
+    ----------
+    images, variances, psfs, bad
+        As for `detection_snr`.
+    points : `numpy.ndarray` (m, 2) of `int`
+        (x, y) pixels.
+    chunk : `int`
+        Points per vectorised cut-out (memory: chunk x kernel pixels).
+
+    Returns
+    -------
+    band_snr : `numpy.ndarray` (m, bands)
+        0 where a band has no weight around the point.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    points = np.asarray(points, dtype=np.int64).reshape(-1, 2)
+    out = np.zeros((len(points), len(images)))
     for b in range(len(images)):
         weight = _weights(images[b], variances[b], bad)
         kernel = np.asarray(psfs[b], dtype=np.float64)
-        kernel = kernel / kernel.sum()
-        image = np.where(weight > 0, images[b], 0.0)
-        filtered = fft_convolve(image * weight, kernel)
-        filtered_weight = fft_convolve(weight, kernel**2)
-        signal += filtered
-        noise += filtered_weight
-        var_b = fft_convolve(np.where(weight > 0, variances[b], 0.0), kernel**2)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            band_snr[b] = np.where(var_b > 1e-12 * var_b.max(initial=0.0),
-                                   fft_convolve(image, kernel) / np.sqrt(np.abs(var_b)), 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        snr = np.where(noise > 1e-12 * noise.max(initial=0.0), signal / np.sqrt(np.abs(noise)), 0.0)
-    return snr, band_snr
+        kernel = (kernel / kernel.sum())[::-1, ::-1]  # a convolution: the kernel flipped on the cut-out
+        ry, rx = kernel.shape[0] // 2, kernel.shape[1] // 2
+        pad = ((ry, ry), (rx, rx))
+        image = sliding_window_view(np.pad(np.where(weight > 0, images[b], 0.0), pad), kernel.shape)
+        variance = sliding_window_view(np.pad(np.where(weight > 0, variances[b], 0.0), pad), kernel.shape)
+        for lo in range(0, len(points), chunk):
+            x, y = points[lo: lo + chunk, 0], points[lo: lo + chunk, 1]
+            signal = np.einsum("mij,ij->m", image[y, x], kernel)
+            noise = np.einsum("mij,ij->m", variance[y, x], kernel**2)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[lo: lo + chunk, b] = np.where(noise > 0, signal / np.sqrt(np.abs(noise)), 0.0)
+    return out
 
 
 def grow_mask(mask: np.ndarray, radius: float) -> np.ndarray:
@@ -155,10 +222,12 @@ def label_regions(mask: np.ndarray) -> np.ndarray:
     sep.set_extract_pixstack(max(300_000, 2 * mask.size))
     _, segmentation = sep.extract(mask.astype(np.float32), 0.5, minarea=1, filter_kernel=None,
                                   deblend_cont=1.0, clean=False, segmentation_map=True)
-    # Make the labels contiguous whatever sep returns.
-    _, inverse = np.unique(segmentation, return_inverse=True)
-    inverse = inverse.reshape(segmentation.shape)
-    return (inverse if segmentation.min() == 0 else inverse + 1).astype(np.int32)
+    # Make the labels contiguous whatever sep returns: each value's rank among the values present (a
+    # look-up table, not a sort of every pixel).
+    present = np.bincount(segmentation.ravel()) > 0
+    rank = (np.cumsum(present) - 1).astype(np.int32)
+    inverse = rank[segmentation]
+    return inverse if segmentation.min() == 0 else inverse + 1
 
 
 def local_maxima(image: np.ndarray, radius: int) -> np.ndarray:
@@ -229,7 +298,7 @@ def psf_sigma(psf: np.ndarray) -> float:
 def detect(images: Sequence[np.ndarray], variances: Sequence[np.ndarray], psfs: list[np.ndarray] | np.ndarray,
            bad: np.ndarray | None = None, threshold: float = 5.0, min_area: int = 5,
            grow_radius: float = 3.0, peak_threshold: float = 5.0, min_separation: int = 2,
-           min_prominence: float = 2.0) -> Detections:
+           min_prominence: float = 2.0, workers: int = 1) -> Detections:
     """Detect footprints and peaks on a multi-band patch (see the module docstring).
 
     Parameters
@@ -249,6 +318,8 @@ def detect(images: Sequence[np.ndarray], variances: Sequence[np.ndarray], psfs: 
         Half-side of the local-maximum window, pixels.
     min_prominence : `float`
         Lowest peak prominence, detection signal-to-noise.
+    workers : `int`
+        Threads of the detection image's FFTs.
 
     Returns
     -------
@@ -256,7 +327,7 @@ def detect(images: Sequence[np.ndarray], variances: Sequence[np.ndarray], psfs: 
     """
     images = [np.asarray(image, dtype=np.float32) for image in images]
     variances = [np.asarray(variance, dtype=np.float32) for variance in variances]
-    snr, band_snr = detection_snr(images, variances, psfs, bad)
+    snr = detection_snr(images, variances, psfs, bad, workers=workers)
     snr32 = np.ascontiguousarray(snr, dtype=np.float32)
     sep.set_extract_pixstack(max(300_000, 2 * snr.size))
     objects, segmentation = sep.extract(snr32, threshold, minarea=min_area, filter_kernel=None,
@@ -289,5 +360,4 @@ def detect(images: Sequence[np.ndarray], variances: Sequence[np.ndarray], psfs: 
     labels_arr = np.concatenate(peak_label) if peak_label else np.zeros(0, dtype=np.int32)
     return Detections(labels=labels, bbox=bbox, area=area, peaks=peaks_arr, peak_label=labels_arr,
                       peak_snr=snr[peaks_arr[:, 1], peaks_arr[:, 0]].astype(np.float64),
-                      band_snr=band_snr[:, peaks_arr[:, 1], peaks_arr[:, 0]].T.astype(np.float64),
-                      snr=snr)
+                      band_snr=band_snr_at(images, variances, psfs, peaks_arr, bad), snr=snr)

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .normalization import asinh
+
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
@@ -221,7 +223,7 @@ class Decoder(nn.Module):
         with torch.autocast(raw.device.type, enabled=False):
             intrinsic = torch.sinh(raw.float().clamp(-_RAW_LIMIT, _RAW_LIMIT)) * scales
             model = convolve_psf(intrinsic, fit_psf_size(psf.float(), self.psf_size))
-            return torch.asinh(model / scales)
+            return asinh(model / scales)
 
 
 class VAE(nn.Module):

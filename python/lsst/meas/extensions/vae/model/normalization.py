@@ -18,7 +18,7 @@ code, which regressed bright galaxies' fluxes to a typical one (docs/model.md).
 
 from __future__ import annotations
 
-__all__ = ["Normalization"]
+__all__ = ["Normalization", "asinh"]
 
 import dataclasses
 import json
@@ -30,6 +30,25 @@ _KINDS = ("asinh", "paper")
 # Side of the central box whose flux sets a stamp's amplitude factor (pixels): the galaxy's core, little of
 # its neighbours'.
 AMPLITUDE_BOX = 9
+
+
+def asinh(x: torch.Tensor) -> torch.Tensor:
+    """``torch.asinh(x)``, 3-4 times faster on the CPU outside autograd.
+
+    torch's CPU ``asinh`` is not vectorised (1.0 ms against 0.27 ms for 4 stamps of 6 x 59 x 59 on one
+    core, docs/benchmarks.md); ``sign(x) log1p(a + a^2 / (1 + sqrt(a^2 + 1)))``, ``a = |x|``, is made of
+    vectorised functions and as accurate (1.0e-7 relative to float64 against torch's 1.1e-7).  Where
+    gradients are taken torch's own is used (its derivative at 0 is 1, the formula's through ``|x|`` 0).
+    """
+    if x.requires_grad and torch.is_grad_enabled():
+        return torch.asinh(x)
+    a = x.abs()
+    square = a * a
+    y = torch.log1p(a + square / (1 + torch.sqrt(square + 1)))
+    overflow = torch.isinf(square)
+    if overflow.any():  # |x| above 1.8e19: asinh(x) = log(2 |x|) to float32 precision
+        y = torch.where(overflow, torch.log(a) + np.log(2.0), y)
+    return torch.copysign(y, x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +94,7 @@ class Normalization:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Electrons to network units."""
-        y = torch.asinh(x / self._scale(x))
+        y = asinh(x / self._scale(x))
         return torch.tanh(y) if self.kind == "paper" else y
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:

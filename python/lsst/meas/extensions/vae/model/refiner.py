@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .networks import _conv_features, bottleneck_side
-from .normalization import Normalization
+from .normalization import Normalization, asinh
 
 # The refined log-amplitude of a band stays within +-1 (a factor e either way): the decoder's fluxes are
 # off by tens of per cent, not by factors of many.
@@ -126,7 +126,7 @@ def refiner_inputs(stamps: torch.Tensor, models: torch.Tensor, variance: torch.T
     scale = factors[:, None, None, None]
     residual = (stamps - models) / torch.sqrt(variance.clamp_min(1e-12))[:, :, None, None]
     channels = [apply(norm.forward, stamps / scale), apply(norm.forward, models / scale),
-                apply(torch.asinh, residual), neighbours.to(stamps.dtype)]
+                apply(asinh, residual), neighbours.to(stamps.dtype)]
     if conditions is not None:
         channels.append(conditions.to(stamps.dtype))
     return torch.cat(channels, dim=1)

@@ -422,9 +422,10 @@ class VaeDeblendCoaddTask(pipeBase.PipelineTask):
             from ...deblend.network import VaeDeblender
 
             vae = self.config.vae
-            self._model = VaeDeblender(vae.weights, device=vae.device, batch_size=vae.batchSize)
-            if vae.refineSteps > 0:
-                _ = self._model.refiner  # a missing refiner: one clear error, not one per parent
+            self._model = VaeDeblender(vae.weights, device=vae.device, batch_size=vae.batchSize,
+                                       precision=vae.precision)
+        if self.config.vae.refineSteps > 0 and hasattr(self._model, "refiner"):
+            _ = self._model.refiner  # a missing refiner: one clear error, not one per parent
         return self._model
 
     @model.setter

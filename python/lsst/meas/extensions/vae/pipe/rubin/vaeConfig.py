@@ -13,7 +13,7 @@ __all__ = ["VaeDeblendConfig"]
 
 import lsst.pex.config as pexConfig
 
-from ...deblend.field import DeblendConfig
+from ...deblend.field import REFINE_STEPS_DEFAULT, DeblendConfig
 from ...deblend.fit import FIT_STEPS_DEFAULT
 
 
@@ -33,6 +33,12 @@ class VaeDeblendConfig(pexConfig.Config):
     batchSize = pexConfig.Field[int](
         doc="Stamps per network call.",
         default=256,
+    )
+    precision = pexConfig.ChoiceField[str](
+        doc="Arithmetic of the network passes (docs/benchmarks.md: bfloat16 measured faster at the same "
+            "accuracy on a CPU with AVX512-BF16; it is emulated, and slow, on CPUs without it).",
+        allowed={"float32": "float32 throughout", "bfloat16": "bfloat16 convolutions and matrix products"},
+        default="float32",
     )
     fluxScale = pexConfig.DictField(
         keytype=str,
@@ -93,8 +99,9 @@ class VaeDeblendConfig(pexConfig.Config):
     )
     refineSteps = pexConfig.Field[int](
         doc="Steps of the learned refinement of each child's code and amplitudes (the weights' "
-            "NAME.refiner.safetensors; 0: none). Replaces the latent fit: not with fitSteps.",
-        default=0,
+            "NAME.refiner.safetensors; 0: none, the encoder's models). Replaces the latent fit: set it to 0 "
+            "with fitSteps.",
+        default=REFINE_STEPS_DEFAULT,
     )
 
     doBinLarge = pexConfig.Field[bool](
@@ -154,7 +161,9 @@ class VaeDeblendConfig(pexConfig.Config):
                                                  "must be increasing integers > 1")
         if self.refineSteps < 0 or (self.refineSteps > 0 and self.fitSteps > 0):
             raise pexConfig.FieldValidationError(VaeDeblendConfig.refineSteps, self,
-                                                 "must be >= 0, and 0 when fitSteps > 0 (one or the other)")
+                                                 "must be >= 0, and 0 when fitSteps > 0: the latent fit "
+                                                 "and the learned refinement are alternatives "
+                                                 "(config/vaeFit.py sets both)")
 
     def deblendConfig(self) -> DeblendConfig:
         """The array core's options."""

@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table
-from lsst.pex.config import Field, ListField
+from lsst.pex.config import ChoiceField, Field, ListField
 from lsst.pipe.base import (InputQuantizedConnection, OutputQuantizedConnection, PipelineTask,
                             PipelineTaskConfig, PipelineTaskConnections, QuantumContext, Struct)
 from lsst.pipe.base import connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
-from ...deblend.field import Child, DeblendConfig, Parent, binned_reach, deblend_field
+from ...deblend.field import REFINE_STEPS_DEFAULT, Child, DeblendConfig, Parent, binned_reach, deblend_field
 from ...deblend.fit import FIT_STEPS_DEFAULT, median_variance
 from ...deblend.psf import stack_psf_images
 from ...deblend.skip import SKIP_MASKED, SKIP_TOO_BIG, SKIP_TOO_MANY_PEAKS, SkipLimits, skip_reasons
@@ -135,6 +135,11 @@ class VaeDeblendConfig(DeblendConfigBase):
                         default="")
     batchSize = Field[int](doc="Stamps per network call.", default=256)
     numThreads = Field[int](doc="Torch CPU threads; 0 leaves torch's default.", default=0)
+    precision = ChoiceField[str](
+        doc="Arithmetic of the network passes (docs/benchmarks.md: bfloat16 measured faster at the same "
+            "accuracy on a CPU with AVX512-BF16; it is emulated, and slow, on CPUs without it).",
+        allowed={"float32": "float32 throughout", "bfloat16": "bfloat16 convolutions and matrix products"},
+        default="float32")
     iterations = Field[int](
         doc="Passes over the peaks: 1 = brightest-first only; each further pass re-models every galaxy "
             "on the image minus all the other models.", default=2)
@@ -163,7 +168,8 @@ class VaeDeblendConfig(DeblendConfigBase):
             "chi-square got worse, or that took light from a neighbour whose share got worse.", default=True)
     refineSteps = Field[int](
         doc="Steps of the learned refinement of each galaxy's code and amplitudes (the weights' "
-            "NAME.refiner.safetensors; 0: none). Replaces the latent fit: not with fitSteps.", default=0)
+            "NAME.refiner.safetensors; 0: none, the encoder's models). Replaces the latent fit: set it to 0 "
+            "with fitSteps.", default=REFINE_STEPS_DEFAULT)
     doBinLarge = Field[bool](
         doc="Model galaxies larger than the stamp on a stamp binningFactors times wider, binned "
             "(deblend_binned, deblend_binFactor; docs/model.md).", default=True)
@@ -187,7 +193,8 @@ class VaeDeblendConfig(DeblendConfigBase):
             raise ValueError(f"binningFactors must be increasing integers > 1, got {factors}.")
         if self.refineSteps < 0 or (self.refineSteps > 0 and self.fitSteps > 0):
             raise ValueError(f"refineSteps ({self.refineSteps}) must be >= 0, and 0 when fitSteps "
-                             f"({self.fitSteps}) > 0: the learned refinement replaces the latent fit.")
+                             f"({self.fitSteps}) > 0: the latent fit and the learned refinement are "
+                             "alternatives (config/vaeFit.py sets both).")
 
 
 @dataclasses.dataclass
@@ -249,9 +256,9 @@ class VaeDeblendTask(PipelineTask):
             from ...deblend.network import load_deblender
 
             self._model = load_deblender(self.config.weights, self.config.device or None,
-                                         self.config.batchSize)
-            if self.config.refineSteps > 0:
-                _ = self._model.refiner  # a missing refiner: one clear error, not one per parent
+                                         self.config.batchSize, precision=self.config.precision)
+        if self.config.refineSteps > 0 and hasattr(self._model, "refiner"):
+            _ = self._model.refiner  # a missing refiner: one clear error, not one per parent
         return self._model
 
     def runQuantum(self, butlerQC: QuantumContext, inputRefs: InputQuantizedConnection,

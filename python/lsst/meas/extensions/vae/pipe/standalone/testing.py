@@ -125,7 +125,8 @@ class FaultyModel:
     A stamp is chosen when a pixel within ``radius`` pixels of its centre exceeds ``above`` in any band
     (e.g. a spike added to the image at one galaxy).  Every call goes to the wrapped model; then, if
     ``mode`` is ``raise``, a chosen stamp in the batch raises `ValueError`; if ``nan``, the models of the
-    chosen stamps are replaced by NaN.
+    chosen stamps are replaced by NaN.  The learned refinement's steps (``refine``) fail alike; ``encode``
+    is passed through.
 
     Parameters
     ----------
@@ -166,8 +167,8 @@ class FaultyModel:
         """Whether the real model takes each stamp's PSF and variance (they are passed through)."""
         return bool(getattr(self.model, "conditioned", False))
 
-    def __call__(self, stamps: np.ndarray, neighbours: np.ndarray, n_samples: int = 0, **kwargs: Any
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    def _chosen(self, stamps: np.ndarray) -> np.ndarray:
+        """Which stamps are chosen; raises in ``raise`` mode when any is."""
         self.calls += 1
         c, r = self.stamp_size // 2, self.radius
         central = stamps[:, :, c - r:c + r + 1, c - r:c + r + 1].reshape(len(stamps), -1)
@@ -175,8 +176,32 @@ class FaultyModel:
         self.chosen += int(chosen.sum())
         if self.mode == "raise" and chosen.any():
             raise ValueError(f"{int(chosen.sum())} stamps are too bright for this model")
-        models, flux_std = self.model(stamps, neighbours, n_samples, **kwargs)
+        return chosen
+
+    def _spoiled(self, models: np.ndarray, chosen: np.ndarray) -> np.ndarray:
         if self.mode == "nan" and chosen.any():
             models = models.copy()
             models[chosen] = np.nan
-        return models, flux_std
+        return models
+
+    def __call__(self, stamps: np.ndarray, neighbours: np.ndarray, n_samples: int = 0, **kwargs: Any
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        chosen = self._chosen(stamps)
+        models, flux_std = self.model(stamps, neighbours, n_samples, **kwargs)
+        return self._spoiled(models, chosen), flux_std
+
+    @property
+    def refiner(self) -> Any:
+        """The real model's learned refinement network."""
+        return self.model.refiner
+
+    def encode(self, stamps: np.ndarray, *args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The real model's codes (the learned refinement starts from them)."""
+        return self.model.encode(stamps, *args, **kwargs)
+
+    def refine(self, stamps: np.ndarray, *args: Any, **kwargs: Any
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The real model's refinement step, failing on the chosen stamps like `__call__`."""
+        chosen = self._chosen(stamps)
+        codes, log_amplitude, models = self.model.refine(stamps, *args, **kwargs)
+        return codes, log_amplitude, self._spoiled(models, chosen)
