@@ -35,6 +35,20 @@ _log = logging.getLogger("lsst.meas.extensions.vae")
 PRECISIONS = ("float32", "bfloat16")
 
 
+def _keep_float32(layer: torch.nn.Module) -> None:
+    """Run ``layer`` in float32 inside a bfloat16 autocast: the networks' first layers (their inputs, in
+    asinh units up to about 10, lose 3 bits of 8 in bfloat16) and the decoder's last (its output's
+    rounding, 0.4 % in asinh units, becomes up to 3 % per pixel in electrons): with them in bfloat16 a
+    bright galaxy's model flux moved by 16 % (docs/benchmarks.md)."""
+    forward = layer.forward
+
+    def float32_forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(x.float())
+
+    layer.forward = float32_forward
+
+
 def psf_fwhm_pixels(psf: np.ndarray) -> np.ndarray:
     """FWHM (pixels) of PSF images (..., p, p): the diameter of the disc with the area above half the peak."""
     psf = np.asarray(psf, dtype=np.float64)
@@ -93,6 +107,10 @@ class VaeDeblender:
         self.latent_scale = np.array(json.loads(spread), dtype=np.float32) if spread else None
         self.conditioned = self.vae.config.conditioned
         self.psf_size = self.vae.config.psf_size
+        if precision == "bfloat16":
+            for layer in (self.deblender.encoder.features[0], self.deblender.decoder.features[-1],
+                          self.vae.encoder.features[0]):
+                _keep_float32(layer)
         self._trained_over = _training_range(self.metadata)
         self._reported: set[str] = set()
 
@@ -265,6 +283,8 @@ class VaeDeblender:
                                         "without the refinement (the tasks' refineSteps=0).")
             self._refiner, _ = load_refiner(path, self.metadata, device=self.device)
             self._refiner = self._refiner.to(memory_format=torch.channels_last)
+            if self.precision == "bfloat16":
+                _keep_float32(self._refiner.features[0])
         return self._refiner
 
     def refine_step(self, refiner: Refiner, stamps: torch.Tensor, neighbours: torch.Tensor,
