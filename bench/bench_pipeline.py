@@ -10,7 +10,10 @@ Usage::
     python bench/bench_pipeline.py --size 1000 [--weights lsst] [--out bench/output/pipeline_1000.json]
     python bench/bench_pipeline.py --size 4000
     python bench/bench_pipeline.py --size 1000 --fit-steps 60   # with the joint latent fit
-    python bench/bench_pipeline.py --size 1000 --refine-steps 2  # with the learned refinement
+    python bench/bench_pipeline.py --size 1000 --refine-steps 0  # encoder only (the default refines)
+    python bench/bench_pipeline.py --size 1000 --precision bfloat16
+
+The patch is simulated once per size and seed into bench/output (``--simulate`` makes it again).
 """
 
 from __future__ import annotations
@@ -48,17 +51,23 @@ def main() -> None:
     parser.add_argument("--refine-steps", type=int, default=None,
                         help="the deblend task's refineSteps (default: the task's default)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--simulate", action="store_true",
+                        help="simulate the patch again even if bench/output holds it already")
+    parser.add_argument("--precision", default=None, choices=("float32", "bfloat16"),
+                        help="the deblend task's precision (default: the task's default)")
     args = parser.parse_args()
     fit = "" if args.fit_steps is None else f"_fit{args.fit_steps}"
     fit += "" if args.refine_steps is None else f"_refine{args.refine_steps}"
+    fit += "" if args.precision is None else f"_{args.precision}"
     out = args.out or Path(f"bench/output/pipeline_{args.size}{fit}.json")
 
     start = time.perf_counter()
     path = Path(f"bench/output/patch_{args.size}_{args.seed}.h5")
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", "import sys; from lsst.meas.extensions.vae.sim.patch import *; "
-                    f"write_patch(make_patch(PatchConfig(size={args.size}), {args.seed}, progress=False), "
-                    f"'{path}')"], check=True)
+    if not path.exists() or args.simulate:  # the same size and seed give the same patch
+        subprocess.run([sys.executable, "-c", "import sys; from lsst.meas.extensions.vae.sim.patch import *; "
+                        f"write_patch(make_patch(PatchConfig(size={args.size}), {args.seed}, progress=False), "
+                        f"'{path}')"], check=True)
     t_sim = time.perf_counter() - start
     patch = read_patch(path)
     coadds = [Coadd.from_patch_band(b) for b in patch.bands]
@@ -77,6 +86,8 @@ def main() -> None:
         deblend_config.fitSteps = args.fit_steps
     if args.refine_steps is not None:
         deblend_config.refineSteps = args.refine_steps
+    if args.precision is not None:
+        deblend_config.precision = args.precision
     deblend = VaeDeblendTask(config=deblend_config)
     start = time.perf_counter()
     deblended = deblend.run(coadds, detected.mergedDetections, detected.peaks, detected.footprints)
@@ -91,6 +102,7 @@ def main() -> None:
     n_objects = len(deblended.deblendedCatalog)
     result = {
         "size": args.size, "fit_steps": deblend_config.fitSteps, "refine_steps": deblend_config.refineSteps,
+        "precision": deblend_config.precision,
         "n_truth": len(patch.truth),
         "n_parents": len(detected.mergedDetections),
         "n_peaks": len(detected.peaks), "n_objects": n_objects,
@@ -105,7 +117,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
     }
     print(f"patch {args.size}x{args.size} (fitSteps {deblend_config.fitSteps}, refineSteps "
-          f"{deblend_config.refineSteps}): {result['n_truth']} "
+          f"{deblend_config.refineSteps}, {deblend_config.precision}): {result['n_truth']} "
           f"galaxies, {result['n_parents']} parents, {result['n_peaks']} peaks, {n_objects} objects")
     for key, value in result["seconds"].items():
         print(f"  {key:9s} {value:8.1f} s")

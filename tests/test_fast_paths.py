@@ -57,8 +57,9 @@ def test_bfloat16_passes_match_float32_on_real_blends(shipped_deblender, blends)
                 flux[name].append(child.model[r].sum())
                 truth_errors[name].append(abs(child.model[r].sum() / truth - 1))
     gap = np.abs(np.array(flux["bfloat16"]) / np.array(flux["float32"]) - 1)
-    # Measured: median 0.002, largest 0.015 on these 12 blends; the accuracy against the truth is the same.
-    assert np.median(gap) < 0.01 and gap.max() < 0.08
+    # Measured: median 0.003, largest 0.024 on these 12 blends (with the first and last layers in bfloat16
+    # too, one bright galaxy's model moved by 0.15); the accuracy against the truth is the same.
+    assert np.median(gap) < 0.01 and gap.max() < 0.05
     assert np.median(truth_errors["bfloat16"]) < 1.1 * np.median(truth_errors["float32"]) + 0.005
     # The same inputs give the same models run to run.
     peaks = np.stack([blends[0].truth["x"], blends[0].truth["y"]], axis=1)
