@@ -59,12 +59,13 @@ def test_robust_network_batches_are_bit_identical(network):
         -((np.arange(59) - 29)[None, :] ** 2 + (np.arange(59) - 29)[:, None] ** 2) / 20.0)).astype(np.float32)
     neighbours = np.full((21, 8, 2), np.nan, dtype=np.float32)
     reference, _ = network(stamps, neighbours)
+    default = network.batch_size
     for batch_size in (1, 3, 8, 13, 256):
         network.batch_size = batch_size
         try:
             models, _ = network(stamps, neighbours)
         finally:
-            network.batch_size = 256
+            network.batch_size = default
         np.testing.assert_array_equal(models, reference, err_msg=f"batch size {batch_size}")
     for lo, hi in ((0, 1), (5, 12), (3, 21)):  # a stamp's model does not depend on its call's company
         np.testing.assert_array_equal(network(stamps[lo:hi], neighbours[lo:hi])[0], reference[lo:hi])
@@ -76,12 +77,13 @@ def test_robust_task_is_bit_identical_across_runs_batches_and_groupings(network,
     _assert_identical(_run(network, scene), reference)  # run to run
     for peaks_per_call in (1, 3, 7):  # each parent alone, and other groupings into calls
         _assert_identical(_run(network, scene, peaksPerCall=peaks_per_call), reference)
-    for batch_size in (1, 5, 64):
+    default = network.batch_size
+    for batch_size in (1, 5, 256):
         network.batch_size = batch_size
         try:
             _assert_identical(_run(network, scene, peaksPerCall=4), reference)
         finally:
-            network.batch_size = 256
+            network.batch_size = default
 
 
 def test_robust_thread_count_difference_is_small(network, scene):

@@ -4,7 +4,8 @@
 # for the units). The skip limits, mask planes and sky-object columns are scarlet's LSSTCam defaults, in
 # scarlet's own sub-config, so that scarlet's overrides keep working.
 config.vae.weights = "lsst"
-config.vae.batchSize = 256
+config.vae.batchSize = 0  # 64 stamps per call on a CPU, 256 on a GPU
+config.vae.refineSteps = 2  # the learned refinement (docs/benchmarks.md)
 config.vae.iterations = 2
 config.vae.modelFloor = 0.1
 config.vae.doConserveFlux = False  # measurement re-distributes the flux of its own image

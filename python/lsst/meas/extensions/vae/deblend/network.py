@@ -27,6 +27,11 @@ from ..model.weights import load_bundle, load_refiner, refiner_path, shipped_wei
 # on the batch's length, and the elements at the end of each thread's share take a scalar path that
 # rounds differently (1 ulp).
 BATCH_MULTIPLE = 4
+# Stamps per network call by default.  On the CPU a batch of 64 keeps the decoder's activations (16 x 64 x 64
+# floats a stamp) in the caches: measured 2.4-2.7 ms per stamp against 3.5-3.7 ms for 256, one thread
+# (docs/benchmarks.md).  A GPU wants large batches.
+CPU_BATCH_SIZE = 64
+GPU_BATCH_SIZE = 256
 # An input's PSF width or depth this far (relative) outside the training range is reported.
 _RANGE_TOLERANCE = 0.1
 _log = logging.getLogger("lsst.meas.extensions.vae")
@@ -72,7 +77,7 @@ class VaeDeblender:
     device : `str` or `torch.device`, optional
         ``cpu``, ``cuda``...; the GPU when there is one by default.
     batch_size : `int`
-        Stamps per network call.
+        Stamps per network call; 0: `CPU_BATCH_SIZE` on the CPU, `GPU_BATCH_SIZE` elsewhere.
     deterministic : `bool`
         On the CPU, make every stamp's model the same bit for bit whatever the batch (`BATCH_MULTIPLE`):
         free for the pipeline's large batches; a call of one blend of a few galaxies takes about 1.7 times
@@ -86,7 +91,7 @@ class VaeDeblender:
         then differ from float32's by about 0.2 % in flux (docs/benchmarks.md).
     """
 
-    def __init__(self, weights: str = "lsst", bands=None, device=None, batch_size: int = 256,
+    def __init__(self, weights: str = "lsst", bands=None, device=None, batch_size: int = 0,
                  deterministic: bool = True, refiner: str | Refiner | None = None,
                  precision: str = "float32") -> None:
         if precision not in PRECISIONS:
@@ -101,7 +106,9 @@ class VaeDeblender:
         self.likelihood = self.metadata.get("likelihood", "normalized")
         self.bands = self.vae.config.bands
         self.stamp_size = self.vae.config.stamp_size
-        self.batch_size = batch_size
+        if batch_size < 0:
+            raise ValueError(f"batch_size must be >= 0 (0: the device's default), got {batch_size}.")
+        self.batch_size = batch_size or (CPU_BATCH_SIZE if self.device.type == "cpu" else GPU_BATCH_SIZE)
         self.deblender = self.deblender.to(memory_format=torch.channels_last)
         self.deblender.decoder.requires_grad_(False)  # frozen: latent fits need gradients of z only
         # Spread of real galaxies' codes per latent dimension: the latent fit's step scale (None in weights
@@ -455,7 +462,7 @@ def _training_range(metadata: dict[str, str]
     return tuple(values["psf_fwhm_pixels"]), tuple(values["variance"]), ref
 
 
-def load_deblender(weights: str = "lsst", device: str | None = None, batch_size: int = 256,
+def load_deblender(weights: str = "lsst", device: str | None = None, batch_size: int = 0,
                    deterministic: bool = True, precision: str = "float32") -> VaeDeblender:
     """A `VaeDeblender`, loaded once per weights file (as it is on disk now) and options, then reused:
     loading the weights costs more than deblending a blend.
@@ -467,7 +474,7 @@ def load_deblender(weights: str = "lsst", device: str | None = None, batch_size:
     device : `str`, optional
         ``cpu``, ``cuda``...; the GPU when there is one by default.
     batch_size : `int`
-        Stamps per network call.
+        Stamps per network call (0: the device's default, see `VaeDeblender`).
     deterministic : `bool`
         See `VaeDeblender`.
     precision : `str`

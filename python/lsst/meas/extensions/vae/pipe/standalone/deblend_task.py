@@ -133,7 +133,8 @@ class VaeDeblendConfig(DeblendConfigBase):
     weights = Field[str](doc="Shipped weights name (e.g. 'lsst') or a .safetensors path.", default="lsst")
     device = Field[str](doc="Torch device ('cpu', 'cuda', ...); empty: the GPU when there is one.",
                         default="")
-    batchSize = Field[int](doc="Stamps per network call.", default=256)
+    batchSize = Field[int](doc="Stamps per network call; 0: 64 on a CPU (its caches hold them), 256 on a "
+                           "GPU.", default=0)
     numThreads = Field[int](doc="Torch CPU threads; 0 leaves torch's default.", default=0)
     precision = ChoiceField[str](
         doc="Arithmetic of the network passes (docs/benchmarks.md: bfloat16 measured faster at the same "
