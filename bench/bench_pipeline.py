@@ -65,9 +65,9 @@ def main() -> None:
     path = Path(f"bench/output/patch_{args.size}_{args.seed}.h5")
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or args.simulate:  # the same size and seed give the same patch
-        subprocess.run([sys.executable, "-c", "import sys; from lsst.meas.extensions.vae.sim.patch import *; "
-                        f"write_patch(make_patch(PatchConfig(size={args.size}), {args.seed}, progress=False), "
-                        f"'{path}')"], check=True)
+        code = ("from lsst.meas.extensions.vae.sim.patch import *; write_patch(make_patch("
+                f"PatchConfig(size={args.size}), {args.seed}, progress=False), '{path}')")
+        subprocess.run([sys.executable, "-c", code], check=True)
     t_sim = time.perf_counter() - start
     patch = read_patch(path)
     coadds = [Coadd.from_patch_band(b) for b in patch.bands]
