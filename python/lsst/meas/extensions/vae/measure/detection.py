@@ -1,10 +1,10 @@
-"""Multi-band detection on arrays: footprints and peaks of a patch (numpy and sep; no Rubin types).
+"""Multi-band detection on arrays: footprints and peaks of a patch (numpy and scipy; no Rubin types).
 
 1. **Detection image.**  Each band is matched-filtered with its PSF; the bands are combined with
    inverse-variance weights into one signal-to-noise image
    ``nu = sum_b (I_b / V_b) * k_b / sqrt(sum_b (1 / V_b) * k_b**2)`` (``*``: convolution), which has
    unit noise for independent pixels.  Masked and non-finite pixels get no weight.
-2. **Footprints.**  ``sep`` finds the connected regions above ``threshold`` (its own deblending off);
+2. **Footprints.**  The 8-connected regions above ``threshold`` of at least ``min_area`` pixels;
    they are grown by ``grow_radius`` pixels (afw's ``nSigmaToGrow`` x PSF sigma) and regions that then
    touch are merged, as afw merges overlapping grown footprints.  Each region is a parent.
 3. **Peaks.**  Local maxima of ``nu`` inside the footprints (over a (2 s + 1)^2 window, ``s =
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.fft
-import sep
+import scipy.ndimage
 
 from .shape import hsm_shape
 
@@ -98,7 +98,7 @@ def _weights(image: np.ndarray, variance: np.ndarray, bad: np.ndarray | None) ->
 
 def detection_snr(images: Sequence[np.ndarray], variances: Sequence[np.ndarray],
                   psfs: list[np.ndarray] | np.ndarray, bad: np.ndarray | None = None,
-                  workers: int = 1) -> np.ndarray:
+                  workers: int = 1, weights: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """The matched-filter signal-to-noise image, combined over bands.
 
     The bands' filtered images and weights are summed as spectra, so that a patch costs two FFTs per band
@@ -115,6 +115,8 @@ def detection_snr(images: Sequence[np.ndarray], variances: Sequence[np.ndarray],
         Pixels to give no weight.
     workers : `int`
         Threads of the FFTs.
+    weights : sequence of `numpy.ndarray` (h, w), optional
+        Each band's pixel weights (the inverse variance, 0 where bad or not finite), when already made.
 
     Returns
     -------
@@ -126,7 +128,7 @@ def detection_snr(images: Sequence[np.ndarray], variances: Sequence[np.ndarray],
     shape = _fft_shape(image_shape, kernel_shape)
     signal = noise = None
     for b in range(len(images)):
-        weight = _weights(images[b], variances[b], bad)
+        weight = _weights(images[b], variances[b], bad) if weights is None else weights[b]
         kernel = _unit_kernel(psfs[b], kernel_shape)
         # In float64 (scipy's FFTs of float32 arrays are single precision).
         weighted = np.where(weight > 0, images[b], 0.0).astype(np.float64) * weight
@@ -155,7 +157,7 @@ def _unit_kernel(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def band_snr_at(images: Sequence[np.ndarray], variances: Sequence[np.ndarray],
                 psfs: list[np.ndarray] | np.ndarray, points: np.ndarray, bad: np.ndarray | None = None,
-                chunk: int = 4096) -> np.ndarray:
+                chunk: int = 4096, weights: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """Each band's own matched-filter signal-to-noise at some pixels.
 
     ``(I_b * k_b) / sqrt(V_b * k_b**2)`` at each point (``*``: convolution, zero outside the image and
@@ -164,7 +166,7 @@ def band_snr_at(images: Sequence[np.ndarray], variances: Sequence[np.ndarray],
 
     Parameters
     ----------
-    images, variances, psfs, bad
+    images, variances, psfs, bad, weights
         As for `detection_snr`.
     points : `numpy.ndarray` (m, 2) of `int`
         (x, y) pixels.
@@ -181,7 +183,7 @@ def band_snr_at(images: Sequence[np.ndarray], variances: Sequence[np.ndarray],
     points = np.asarray(points, dtype=np.int64).reshape(-1, 2)
     out = np.zeros((len(points), len(images)))
     for b in range(len(images)):
-        weight = _weights(images[b], variances[b], bad)
+        weight = _weights(images[b], variances[b], bad) if weights is None else weights[b]
         kernel = np.asarray(psfs[b], dtype=np.float64)
         kernel = (kernel / kernel.sum())[::-1, ::-1]  # a convolution: the kernel flipped on the cut-out
         ry, rx = kernel.shape[0] // 2, kernel.shape[1] // 2
@@ -213,21 +215,19 @@ def grow_mask(mask: np.ndarray, radius: float) -> np.ndarray:
     return out
 
 
-def label_regions(mask: np.ndarray) -> np.ndarray:
-    """Label the 8-connected regions of a boolean image 1..n (0: background), numbered as ``sep`` finds
-    them."""
+def label_regions(mask: np.ndarray, min_area: int = 1) -> np.ndarray:
+    """Label the 8-connected regions of a boolean image 1..n (0: background), in the order of their first
+    pixel in a row-by-row scan, dropping regions of fewer than ``min_area`` pixels."""
     mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return np.zeros(mask.shape, dtype=np.int32)
-    sep.set_extract_pixstack(max(300_000, 2 * mask.size))
-    _, segmentation = sep.extract(mask.astype(np.float32), 0.5, minarea=1, filter_kernel=None,
-                                  deblend_cont=1.0, clean=False, segmentation_map=True)
-    # Make the labels contiguous whatever sep returns: each value's rank among the values present (a
-    # look-up table, not a sort of every pixel).
-    present = np.bincount(segmentation.ravel()) > 0
-    rank = (np.cumsum(present) - 1).astype(np.int32)
-    inverse = rank[segmentation]
-    return inverse if segmentation.min() == 0 else inverse + 1
+    labels, n = scipy.ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    labels = labels.astype(np.int32, copy=False)
+    if min_area > 1 and n:
+        area = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = area >= min_area
+        keep[0] = False
+        rank = np.where(keep, np.cumsum(keep), 0).astype(np.int32)  # the kept regions numbered 1..m
+        labels = rank[labels]
+    return labels
 
 
 def local_maxima(image: np.ndarray, radius: int) -> np.ndarray:
@@ -327,12 +327,10 @@ def detect(images: Sequence[np.ndarray], variances: Sequence[np.ndarray], psfs: 
     """
     images = [np.asarray(image, dtype=np.float32) for image in images]
     variances = [np.asarray(variance, dtype=np.float32) for variance in variances]
-    snr = detection_snr(images, variances, psfs, bad, workers=workers)
-    snr32 = np.ascontiguousarray(snr, dtype=np.float32)
-    sep.set_extract_pixstack(max(300_000, 2 * snr.size))
-    objects, segmentation = sep.extract(snr32, threshold, minarea=min_area, filter_kernel=None,
-                                        deblend_cont=1.0, clean=False, segmentation_map=True)
-    labels = label_regions(grow_mask(segmentation > 0, grow_radius))
+    weights = [_weights(image, variance, bad) for image, variance in zip(images, variances)]
+    snr = detection_snr(images, variances, psfs, bad, workers=workers, weights=weights)
+    above = label_regions(snr > threshold, min_area) > 0
+    labels = label_regions(grow_mask(above, grow_radius))
     n = int(labels.max())
     bbox, area = footprint_boxes(labels, n)
 
@@ -360,4 +358,4 @@ def detect(images: Sequence[np.ndarray], variances: Sequence[np.ndarray], psfs: 
     labels_arr = np.concatenate(peak_label) if peak_label else np.zeros(0, dtype=np.int32)
     return Detections(labels=labels, bbox=bbox, area=area, peaks=peaks_arr, peak_label=labels_arr,
                       peak_snr=snr[peaks_arr[:, 1], peaks_arr[:, 0]].astype(np.float64),
-                      band_snr=band_snr_at(images, variances, psfs, peaks_arr, bad), snr=snr)
+                      band_snr=band_snr_at(images, variances, psfs, peaks_arr, bad, weights=weights), snr=snr)
