@@ -110,3 +110,20 @@ def test_shear_response_recovers_a_known_bias():
     out = shear_response(noisy, isolated, g, blend, np.full(n, 23.0), n_boot=200)
     assert out["n_used"] == n - 1
     assert abs(out["m"] + 0.1) < 4 * out["m_err"] and 0.005 < out["m_err"] < 0.1
+
+
+def test_validation_split_gives_other_blends(tmp_path):
+    """``--split validation`` (for choosing settings) scores blends of the validation split, never the test
+    split's; the JSON records the split, the passes and the precision."""
+    from lsst.meas.extensions.vae.evaluate.bench import BenchConfig
+
+    with pytest.raises(ValueError, match="split"):
+        BenchConfig(split="train")
+    args = ("--n", "2", "--seed", "5", "--deblenders", "sep")
+    test = _bench(tmp_path / "test", *args)
+    validation = _bench(tmp_path / "validation", *args, "--split", "validation", "--iterations", "1")
+    assert validation["config"]["split"] == "validation" and validation["config"]["iterations"] == 1
+    assert test["config"]["split"] == "test" and test["config"]["precision"] == "float32"
+    flux = {name: r["deblenders"]["sep"]["all"]["flux_rel_abs_err_mean"] for name, r in
+            (("test", test), ("validation", validation))}
+    assert flux["test"] != flux["validation"]

@@ -920,6 +920,7 @@ def test_psf_aware_network_reads_each_coadds_psf():
     config = VaeDeblendCoaddConfig()
     config.vae.device = "cpu"
     config.vae.weights = str(CANDIDATE)
+    config.vae.refineSteps = 0  # the candidate has no refiner
     task = VaeDeblendCoaddTask(initInputs=_initInputs(), config=config)
     bands = list(task.model.bands)
     assert task.model.conditioned
