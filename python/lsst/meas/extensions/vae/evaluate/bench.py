@@ -418,7 +418,8 @@ def _set_threads(threads: int) -> None:
 
 
 def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True,
-              maker: BlendMaker | None = None, title: str | None = None) -> dict:
+              maker: BlendMaker | None = None, title: str | None = None,
+              extra: dict[str, Deblender] | None = None) -> dict:
     """Run every deblender of ``config`` on the same blends; write ``bench.json``, ``bench.md`` and plots.
 
     Parameters
@@ -432,6 +433,9 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True,
         suite's sets, `evaluate.suite`); its bands and stamp size must be the weights'.
     title : `str`, optional
         What the blends are, for the tables (``config``'s preset by default).
+    extra : `dict` [`str`, callable], optional
+        More deblenders by row name, built by the caller (e.g. `vae_deblender` with another network, as
+        bench/bench_decoder_diet.py does), run after ``config``'s on the same blends.
 
     Returns
     -------
@@ -446,6 +450,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     _set_threads(config.threads)
     deblenders = _make_deblenders(config)
+    deblenders.update(extra or {})
     vae = next((d for d in deblenders.values() if hasattr(d, "net")), None)
     if vae is None:
         from ..deblend.network import load_deblender
@@ -533,7 +538,7 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True,
     central = truth["central"].astype(bool)
     result = {
         "title": title or config.preset,
-        "config": {**dataclasses.asdict(config), "deblenders": list(config.deblenders)},
+        "config": {**dataclasses.asdict(config), "deblenders": list(config.deblenders) + list(extra or {})},
         "blends": {**dataclasses.asdict(maker.config),
                    "galaxies": getattr(maker.source, "description", type(maker.source).__name__)},
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
