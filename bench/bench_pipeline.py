@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from lsst.meas.extensions.vae.deblend.network import PRECISIONS
 from lsst.meas.extensions.vae.pipe.standalone.coadd import Coadd
 from lsst.meas.extensions.vae.pipe.standalone.deblend_task import VaeDeblendTask
 from lsst.meas.extensions.vae.pipe.standalone.detect_task import DetectCoaddPeaksTask
@@ -53,7 +54,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--simulate", action="store_true",
                         help="simulate the patch again even if bench/output holds it already")
-    parser.add_argument("--precision", default=None, choices=("float32", "bfloat16"),
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
                         help="the deblend task's precision (default: the task's default)")
     args = parser.parse_args()
     fit = "" if args.fit_steps is None else f"_fit{args.fit_steps}"
